@@ -6,12 +6,12 @@ file, field or config key at fault and say what to do about it.
 
 
 class S4MIError(Exception):
-  """A problem with the user's input (data, config, workdir) that the user can fix."""
+    """A problem with the user's input (data, config, workdir) that the user can fix."""
 
 
 class DataError(S4MIError):
-  """Bad or missing data: the message names the file or folder."""
+    """Bad or missing data: the message names the file or folder."""
 
 
 class ConfigError(S4MIError):
-  """A bad config value: the message names the config key."""
+    """A bad config value: the message names the config key."""
