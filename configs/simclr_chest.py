@@ -1,0 +1,91 @@
+"""SimCLR pretraining on chest X-rays, then a linear probe of the frozen encoder.
+
+    python -m s4mi_jax.main --config=configs/simclr_chest.py            # embedded sample, CPU, minutes
+    python -m s4mi_jax.main --config=configs/simclr_chest.py:local      # tiny smoke run (tests, CI)
+    python -m s4mi_jax.main --config=configs/simclr_chest.py:research \\
+        --config.data.root=/data/chest_xray_pneumonia --workdir=gs://...  # ResNet-50, paper settings
+
+Default: the embedded 320-image sample (CC BY 4.0, see s4mi_jax/data/sample/chest_xray/ATTRIBUTION.md), a
+narrow ResNet-18 at 64x64, 300 steps. `research`: ResNet-50, 224x224, batch 4096, LARS lr 0.3·B/256,
+wd 1e-6, τ 0.1, 100 epochs with 10 warm-up epochs, bf16 compute (SimCLR paper, methods.md §6.1).
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, local=False, research=False)
+    config = common.run_config()
+    config.trainer = "simclr"
+
+    config.data = dict(
+        root=placeholder(str),  # Folder (images/ + labels.csv) or .npz; None = embedded sample.
+        eval_root=placeholder(str),  # Optional labeled folder for the probe's test split.
+        channels=placeholder(int),  # None: as stored (1 for grayscale X-rays).
+        verify=True,  # Check every file before training (fails early on a corrupt image).
+        num_workers=0,  # Grain worker processes for augmentation (0: threads in this process).
+    )
+    config.aug = common.aug_config(image_size=64)
+    config.model = dict(
+        name="resnet18",
+        width=16,
+        stem="imagenet",
+        dtype="float32",
+        proj_hidden_dim=128,
+        proj_out_dim=64,
+        proj_layers=2,
+    )
+    config.loss = dict(temperature=0.2)
+    config.optim = dict(
+        name="lars",
+        base_lr=0.3,
+        lr_scaling="linear",
+        weight_decay=1e-6,
+        momentum=0.9,
+        nesterov=False,
+        trust_coefficient=0.001,
+        warmup_epochs=5.0,
+        grad_clip_norm=0.0,
+    )
+    config.batch_size = 64
+    config.total_epochs = 80.0
+    config.log_every = 10
+    config.ckpt_every = 100
+    config.eval = dict(
+        linear_probe=True,
+        holdout_fraction=0.25,  # Patient-grouped, stratified; excluded from pretraining too.
+        probe_at_init=True,  # Also probe the random-init encoder: the baseline SimCLR must beat.
+        batch_size=64,
+        l2=1e-3,
+    )
+
+    if arg.local:  # Seconds on a CPU: for tests and CI.
+        config.model.width = 4
+        config.model.proj_hidden_dim = 16
+        config.model.proj_out_dim = 8
+        config.aug.image_size = 32
+        config.batch_size = 16
+        config.total_steps = 6
+        config.log_every = 2
+        config.ckpt_every = 3
+        config.eval.batch_size = 32
+        config.eval.probe_at_init = False
+    if arg.research:
+        config.model.update(
+            name="resnet50", width=64, dtype="bfloat16", proj_hidden_dim=2048, proj_out_dim=128
+        )
+        config.aug.image_size = 224
+        config.aug.jitter_strength = 1.0
+        config.data.num_workers = 8
+        config.batch_size = 4096
+        config.total_epochs = 100.0
+        config.optim.warmup_epochs = 10.0
+        config.loss.temperature = 0.1
+        config.log_every = 50
+        config.ckpt_every = 1000
+        config.eval.batch_size = 1024
+        config.eval.probe_at_init = False
+    return config

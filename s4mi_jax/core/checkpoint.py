@@ -1,0 +1,55 @@
+"""Orbax checkpoints of the whole run: train state (model, optimizer, step, RNG) and the Grain iterator.
+
+Saves are asynchronous (training continues while the state is written) and atomic: Orbax writes into a
+temporary folder and renames it when complete, so a crash or kill mid-save leaves the previous checkpoint as
+the latest one. Restores go into an abstract target that carries the *current* shardings, so a run can resume
+on a different device count.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                save_interval_steps=1,  # The loop decides when; every call saves.
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None) -> None:
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(
+        self, abstract_state: Any, data_iter: grain.DatasetIterator | None, step: int | None = None
+    ) -> Any:
+        """Restores `state` (into `abstract_state`'s shapes and shardings) and the iterator in place."""
+        step = self.latest_step() if step is None else step
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,135 @@
+"""The generic training loop every trainer shares: resume, step, log, checkpoint, stop on SIGTERM.
+
+Everything method-specific lives in the jitted `train_step(state, batch, rng) -> (state, metrics)`; the
+loop only moves batches to devices, keeps time and decides when to log and save (big_vision's `itstime`).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from clu import metrics as clu_metrics
+from jax.sharding import Mesh
+
+from s4mi_jax.core import sharding
+from s4mi_jax.core.checkpoint import Checkpointer
+from s4mi_jax.core.metric_writer import MetricWriter
+from s4mi_jax.errors import S4MIError
+
+
+def log(msg: str) -> None:
+    """User-facing progress, printed by process 0 only."""
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def itstime(step: int, every: int, total: int) -> bool:
+    """True every `every` steps and at the last step (`every <= 0` means only at the end)."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def format_seconds(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+class _SigtermFlag:
+    """Turns SIGTERM (TPU VM preemption, `kill`) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread (e.g. some test runners): no handler.
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_loop(
+    *,
+    train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
+    state: Any,
+    data_iter: Iterator[dict[str, np.ndarray]],
+    mesh: Mesh,
+    checkpointer: Checkpointer,
+    writer: MetricWriter,
+    total_steps: int,
+    log_every: int,
+    ckpt_every: int,
+    images_per_step: int,
+    schedule: Callable[[int], Any] | None = None,
+    halt_at_step: int | None = None,
+) -> tuple[Any, bool]:
+    """Runs `train_step` until `total_steps`. Returns (state, stopped_early).
+
+    On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning resumes.
+    """
+    step = int(state.step)
+    collection = None
+    acc = None
+    t_last, step_last = time.perf_counter(), step
+    preempted = False
+    with _SigtermFlag() as sigterm:
+        while step < total_steps:
+            batch = sharding.put_batch(next(data_iter), mesh)
+            state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
+            step += 1
+            if collection is None:
+                collection = clu_metrics.Collection.create(
+                    **{k: clu_metrics.Average.from_output(k) for k in metrics}
+                )
+            single = collection.single_from_model_output(**metrics)
+            acc = single if acc is None else acc.merge(single)
+
+            if itstime(step, log_every, total_steps):
+                values = {f"train/{k}": float(v) for k, v in acc.compute().items()}
+                acc = None
+                now = time.perf_counter()
+                rate = (step - step_last) * images_per_step / (now - t_last)
+                eta = (total_steps - step) * (now - t_last) / (step - step_last)
+                t_last, step_last = now, step
+                values["train/images_per_sec"] = rate
+                if schedule is not None:
+                    values["train/lr"] = float(schedule(step - 1))
+                loss = values.get("train/loss", 0.0)
+                if not np.isfinite(loss):
+                    checkpointer.wait()
+                    raise S4MIError(
+                        f"train/loss is {loss} at step {step}; stopping. The last checkpoint in "
+                        f"{checkpointer.directory} is intact: lower config.optim.base_lr or check "
+                        "the data, then rerun to resume."
+                    )
+                writer.write(step, values)
+                log(
+                    f"step {step}/{total_steps} | loss {loss:.4f} | {rate:.1f} img/s | "
+                    f"ETA {format_seconds(eta)}"
+                )
+
+            if sigterm.raised or step == halt_at_step:
+                checkpointer.save(step, state, data_iter)
+                why = "SIGTERM" if sigterm.raised else "config.halt_at_step"
+                log(f"{why}: saved checkpoint at step {step}; rerun the same command to resume.")
+                preempted = True
+                break
+            if itstime(step, ckpt_every, total_steps):
+                checkpointer.save(step, state, data_iter)
+    checkpointer.wait()
+    return state, preempted

@@ -1,0 +1,83 @@
+"""Metrics to `metrics.jsonl` (one JSON object per logged step) and TensorBoard, from process 0 only.
+
+Why our own writer: clu's `metric_writers` import TensorFlow (stack.md §1.7); tensorboardX writes the same
+event files without it. On resume, lines from steps after the restored checkpoint are dropped, so the file
+always describes one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import jax
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, *, resume_step: int | None = None, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._truncate_after(resume_step or 0)
+        self._file = open(self.path, "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # Optional at import time: tests may skip it.
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _jsonable(v) for k, v in values.items()}
+        self._file.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, float):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def _jsonable(v):
+    v = float(v) if hasattr(v, "__float__") else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep them visible rather than invalid.
+    return v
+
+
+def write_json(path: str, obj) -> None:
+    """Atomic JSON write (temp file + rename): a crash never leaves a half-written file."""
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: str, config) -> None:
+    """Creates the run folder and records the config; called only after the inputs were validated."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        write_json(os.path.join(workdir, "config.json"), config.to_dict())

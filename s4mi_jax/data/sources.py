@@ -1,0 +1,191 @@
+"""Random-access data sources (Grain `RandomAccessDataSource` protocol: `__len__` + `__getitem__`).
+
+Every record is a dict `{"image": uint8 (H, W, C), "label": int32, "index": int32}`; `label` is -1 for an
+unlabeled image, so unlabeled data needs no fake labels. Sources check their input when they are built, so a
+missing folder, an empty folder or a corrupt file stops the run before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from s4mi_jax.errors import DataError
+
+SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), "sample", "chest_xray")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+UNLABELED = -1
+
+
+def read_image(path: str | Path, channels: int | None) -> np.ndarray:
+    """Decodes one image to uint8 (H, W, C); C = `channels` (1 or 3) or what the file holds."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if channels is None:
+                channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+            if img.mode in ("I", "I;16", "F"):  # 16-bit / float grayscale: rescale to 8 bit.
+                arr = np.asarray(img, np.float32)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+                img = Image.fromarray(arr.round().astype(np.uint8), "L")
+            img = img.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(img, np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {missing}; found {reader.fieldnames}. "
+                f"Expected a header line with {list(required)}."
+            )
+        return list(reader)
+
+
+class FolderSource:
+    """Images in `root/images/` (or directly in `root/`), labels from an optional `root/labels.csv`.
+
+    `labels.csv` has columns `filename,label`; labels may be integers or class names (names are sorted and
+    numbered). Images absent from labels.csv are unlabeled. `metadata.csv` (optional) may carry a
+    `patient_id` column, used to keep one patient's images on one side of a split.
+    """
+
+    def __init__(self, root: str | Path, *, channels: int | None = None, verify: bool = True):
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(
+                f"data folder {root} does not exist (config.data.root / config.data.eval_root)."
+            )
+        image_dir = root / "images" if (root / "images").is_dir() else root
+        self.files = sorted(
+            p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not self.files:
+            raise DataError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}. Expected {root}/images/*.png."
+            )
+        self.root = root
+        names = [p.name for p in self.files]
+        self.labels = np.full(len(names), UNLABELED, np.int32)
+        self.class_names: list[str] = []
+        if (root / "labels.csv").exists():
+            self._read_labels(root / "labels.csv", names)
+        self.groups: list[str] | None = None
+        if (root / "metadata.csv").exists():
+            rows = _read_csv(root / "metadata.csv", ["filename"])
+            if rows and "patient_id" in rows[0]:
+                by_name = {r["filename"]: r["patient_id"] for r in rows}
+                self.groups = [by_name.get(n, n) for n in names]
+        first = read_image(self.files[0], channels)
+        self.channels = first.shape[-1]
+        if verify:
+            self.verify()
+
+    def _read_labels(self, path: Path, names: list[str]) -> None:
+        rows = _read_csv(path, ["filename", "label"])
+        index = {n: i for i, n in enumerate(names)}
+        raw = [r["label"].strip() for r in rows]
+        numeric = all(v.lstrip("-").isdigit() for v in raw)
+        self.class_names = sorted(set(raw), key=int if numeric else str)
+        to_int = {c: (int(c) if numeric else k) for k, c in enumerate(self.class_names)}
+        for line, (row, value) in enumerate(zip(rows, raw, strict=True), start=2):
+            name = os.path.basename(row["filename"])
+            if name not in index:
+                raise DataError(
+                    f"{path} line {line}: file {row['filename']!r} is not in {self.files[0].parent}."
+                )
+            self.labels[index[name]] = to_int[value]
+
+    def verify(self) -> None:
+        """Checks every file's structure (PNG chunk CRCs, truncation) without a full decode."""
+        for path in self.files:
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except Exception as e:  # PIL raises many types for a bad file.
+                raise DataError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        image = read_image(self.files[i], self.channels)
+        return {"image": image, "label": self.labels[i], "index": np.int32(i)}
+
+
+class NpzSource:
+    """A `.npz` file with `images` (N, H, W[, C]) uint8 and optional `labels` (N,) int."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist (config.data.root).")
+        try:
+            with np.load(path) as f:
+                if "images" not in f:
+                    raise DataError(f"{path}: no 'images' array (found {sorted(f.files)}).")
+                images = f["images"]
+                labels = f["labels"] if "labels" in f else None
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path}: {e}") from None
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
+            raise DataError(
+                f"{path}: 'images' must be a non-empty uint8 array (N, H, W[, C]); "
+                f"got {images.dtype} {images.shape}."
+            )
+        if labels is not None and labels.shape != (len(images),):
+            raise DataError(f"{path}: 'labels' shape {labels.shape} != ({len(images)},).")
+        self.root = path
+        self.images = images
+        self.labels = (
+            np.full(len(images), UNLABELED, np.int32) if labels is None else labels.astype(np.int32)
+        )
+        self.class_names = [str(c) for c in sorted(set(self.labels.tolist()) - {UNLABELED})]
+        self.groups = None
+        self.channels = images.shape[-1]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {"image": self.images[i], "label": self.labels[i], "index": np.int32(i)}
+
+
+class SubsetSource:
+    """A view of `source` restricted to `indices` (a split or a label-fraction manifest)."""
+
+    def __init__(self, source: FolderSource | NpzSource, indices: Sequence[int]):
+        self.source = source
+        self.root = source.root
+        self.indices = np.asarray(indices, np.int64)
+        self.labels = source.labels[self.indices]
+        self.channels = source.channels
+        self.class_names = source.class_names
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.source[int(self.indices[i])]
+
+
+def open_source(root: str | None, *, channels: int | None = None, verify: bool = True):
+    """Opens a folder or `.npz` dataset; `root=None` means the embedded chest X-ray sample."""
+    if root is None:
+        root = SAMPLE_ROOT
+    if str(root).endswith(".npz"):
+        return NpzSource(root)
+    return FolderSource(root, channels=channels, verify=verify)

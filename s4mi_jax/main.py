@@ -1,0 +1,62 @@
+"""Entry point: `python -m s4mi_jax.main --config=configs/simclr_chest.py[:variant] [--workdir=DIR]`.
+
+Reads an ml_collections config file (locked: a mistyped `--config.key=value` fails at once), picks the
+trainer named by `config.trainer`, and runs it in `workdir`, resuming from the workdir's latest checkpoint
+if there is one. Problems the user can fix (bad data, bad config values) print one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from s4mi_jax import trainers
+from s4mi_jax.core.loop import log
+from s4mi_jax.errors import S4MIError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/simclr_chest.py or configs/simclr_chest.py:local.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder (checkpoints, metrics.jsonl, results.json). Default: runs/<config>."
+)
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_arg: str) -> str:
+    """`configs/simclr_chest.py:local` -> `runs/simclr_chest_local`: rerunning a command resumes it."""
+    path, _, variant = config_arg.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    if variant:
+        name += "_" + re.sub(r"[^A-Za-z0-9]+", "_", variant).strip("_")
+    return os.path.join("runs", name)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # Orbax/Grain INFO logs drown the progress lines.
+        logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    if workdir is None:
+        workdir = default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
+        log(f"--workdir not given; using {os.path.abspath(workdir)}")
+    log(f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s)")
+    try:
+        train_and_evaluate = trainers.get(config.trainer)
+        results = train_and_evaluate(config, workdir)
+    except S4MIError as e:
+        print(f"s4mi_jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    log(f"done: results in {os.path.join(workdir, 'results.json')}" if results else "done")
+
+
+if __name__ == "__main__":
+    app.run(main)

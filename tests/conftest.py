@@ -1,0 +1,24 @@
+"""Test setup: 8 simulated CPU devices, fast compiles, parsed absl flags (Grain needs them)."""
+
+import os
+import sys
+
+# Must happen before the first JAX operation (and before jax picks its backend).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+# Tiny test models: optimisation passes cost more than they save (flax examples do the same).
+jax.config.update("jax_disable_most_optimizations", True)
+_CACHE = os.environ.get(
+    "S4MI_TEST_COMPILE_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+)
+jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS(sys.argv[:1])
