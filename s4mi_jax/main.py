@@ -20,11 +20,15 @@ from s4mi_jax.core.loop import log
 from s4mi_jax.errors import S4MIError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/simclr_chest.py or configs/simclr_chest.py:local.",
+    "config",
+    None,
+    "Config file, e.g. configs/simclr_chest.py or configs/simclr_chest.py:local.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run folder (checkpoints, metrics.jsonl, results.json). Default: runs/<config>."
+    "workdir",
+    None,
+    "Run folder (checkpoints, metrics.jsonl, results.json). Default: runs/<config>.",
 )
 flags.mark_flags_as_required(["config"])
 
@@ -43,7 +47,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # Orbax/Grain INFO logs drown the progress lines.
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.trainer  # noqa: B018 (a config file that failed to load raises on first access)
+    except OSError as e:  # config_flags defers a missing/broken config file to first access.
+        print(f"s4mi_jax: error: bad config file: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
     workdir = _WORKDIR.value
     if workdir is None:
         workdir = default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
@@ -58,5 +67,27 @@ def main(argv: list[str]) -> None:
     log(f"done: results in {os.path.join(workdir, 'results.json')}" if results else "done")
 
 
+def _one_line(error: Exception) -> str:
+    """The useful part of a flag error: no embedded traceback, no escaped newlines or quotes."""
+    text = str(error)
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    text = text.replace("\\n", "\n").replace("\\'", "'")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):
+        head = lines[0].split("Traceback")[0].strip()
+        lines = [head, lines[-1]] if head else lines[-1:]
+    return " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad `--config...` flag prints one line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        print(f"s4mi_jax: error: bad config or flag: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

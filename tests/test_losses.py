@@ -21,7 +21,9 @@ def _nt_xent_numpy(z1, z2, tau):
     return total / n2
 
 
-@pytest.mark.parametrize("seed,n,d,tau", [(0, 4, 8, 0.1), (1, 7, 16, 0.5), (2, 16, 3, 1.0), (3, 2, 5, 0.07)])
+@pytest.mark.parametrize(
+    "seed,n,d,tau", [(0, 4, 8, 0.1), (1, 7, 16, 0.5), (2, 16, 3, 1.0), (3, 2, 5, 0.07)]
+)
 def test_nt_xent_matches_numpy(seed, n, d, tau):
     rng = np.random.default_rng(seed)
     z1 = rng.normal(size=(n, d)).astype(np.float32) * rng.uniform(0.1, 10)

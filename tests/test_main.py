@@ -24,14 +24,19 @@ def run_main(*args, timeout=300):
     env.pop("XLA_FLAGS", None)  # One CPU device, as a user's laptop.
     return subprocess.run(
         [sys.executable, "-m", "s4mi_jax.main", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def tree_digest(path: Path) -> dict[str, str]:
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*")) if p.is_file()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -49,8 +54,11 @@ def test_main_writes_checkpoint_metrics_results(finished_run):
     assert "step 6/6" in proc.stdout and "img/s" in proc.stdout and "ETA" in proc.stdout
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6]
-    assert all(np.isfinite(r["train/loss"]) and r["train/images_per_sec"] > 0 for r in rows
-               if "train/loss" in r)
+    assert all(
+        np.isfinite(r["train/loss"]) and r["train/images_per_sec"] > 0
+        for r in rows
+        if "train/loss" in r
+    )
     results = json.loads((workdir / "results.json").read_text())
     probe = results["linear_probe"]
     assert 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["auroc"] <= 1.0
@@ -77,9 +85,21 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "s4mi_jax.main", LOCAL, f"--workdir={workdir}",
-         "--config.total_steps=400", "--config.log_every=1", "--config.ckpt_every=1000"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "s4mi_jax.main",
+            LOCAL,
+            f"--workdir={workdir}",
+            "--config.total_steps=400",
+            "--config.log_every=1",
+            "--config.ckpt_every=1000",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for line in proc.stdout:
         if line.startswith("step 3/"):
@@ -91,9 +111,14 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and 3 <= saved[-1] < 400
     assert not (workdir / "results.json").exists()
-    resumed = run_main(LOCAL, f"--workdir={workdir}", "--config.total_steps=400",
-                       "--config.log_every=100", "--config.ckpt_every=1000",
-                       f"--config.halt_at_step={saved[-1] + 2}")
+    resumed = run_main(
+        LOCAL,
+        f"--workdir={workdir}",
+        "--config.total_steps=400",
+        "--config.log_every=100",
+        "--config.ckpt_every=1000",
+        f"--config.halt_at_step={saved[-1] + 2}",
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {saved[-1]}" in resumed.stdout
 

@@ -23,8 +23,11 @@ def _run(devices, batches, config):
     state = init()
     losses = []
     for i, batch in enumerate(batches):
-        state, metrics = step(state, sharding.put_batch(batch, mesh), jax.random.key_data(
-            jax.random.fold_in(jax.random.key(0), i)))
+        state, metrics = step(
+            state,
+            sharding.put_batch(batch, mesh),
+            jax.random.key_data(jax.random.fold_in(jax.random.key(0), i)),
+        )
         losses.append(float(metrics["loss"]))
     # Every output carries the replicated sharding over the whole mesh.
     assert all(x.sharding.mesh.devices.size == len(devices) for x in jax.tree.leaves(state))
@@ -33,7 +36,9 @@ def _run(devices, batches, config):
 
 def test_eight_devices_match_one_device():
     assert jax.device_count() == 8
-    config = local_config(**{"optim.name": "sgd", "optim.momentum": 0.9, "optim.weight_decay": 1e-4})
+    config = local_config(
+        **{"optim.name": "sgd", "optim.momentum": 0.9, "optim.weight_decay": 1e-4}
+    )
     rng = np.random.default_rng(0)
     size = config.aug.image_size
     batches = [

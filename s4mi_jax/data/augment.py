@@ -95,7 +95,9 @@ def color_jitter(x: np.ndarray, rng: np.random.Generator, strength: float) -> np
     return x
 
 
-def gaussian_blur(x: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float]) -> np.ndarray:
+def gaussian_blur(
+    x: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float]
+) -> np.ndarray:
     """Blur with sigma ~ U(sigma); kernel radius 5% of the side (SimCLR's kernel is 10% of the side)."""
     s = rng.uniform(*sigma)
     radius = max(1.0, 0.05 * x.shape[0])

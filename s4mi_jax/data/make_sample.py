@@ -16,7 +16,9 @@ from absl import app, flags
 
 from s4mi_jax.data.sources import SAMPLE_ROOT
 
-_SRC = flags.DEFINE_string("src", None, "Folder of the full chest_xray_pneumonia dataset.", required=True)
+_SRC = flags.DEFINE_string(
+    "src", None, "Folder of the full chest_xray_pneumonia dataset.", required=True
+)
 _PER_CLASS = flags.DEFINE_integer("per_class", 160, "Images per class (one per patient).")
 _SEED = flags.DEFINE_integer("seed", 0, "Selection seed.")
 

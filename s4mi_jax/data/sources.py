@@ -114,7 +114,9 @@ class FolderSource:
                 with Image.open(path) as img:
                     img.verify()
             except Exception as e:  # PIL raises many types for a bad file.
-                raise DataError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+                raise DataError(
+                    f"cannot read image {path}: {e}. Remove or replace the file."
+                ) from None
 
     def __len__(self) -> int:
         return len(self.files)

@@ -38,5 +38,7 @@ def holdout_split(
         if len(members) >= 2:
             n = min(max(n, 1), len(members) - 1)
         held_groups.update(members[:n])
-    held = np.array([g in held_groups and y >= 0 for g, y in zip(groups, labels.tolist(), strict=True)])
+    held = np.array(
+        [g in held_groups and y >= 0 for g, y in zip(groups, labels.tolist(), strict=True)]
+    )
     return np.flatnonzero(~held), np.flatnonzero(held)

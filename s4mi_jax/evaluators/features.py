@@ -27,7 +27,13 @@ def make_embed_fn(graphdef: nnx.GraphDef, encoder: Callable[[nnx.Module], nnx.Mo
 
 
 def extract(
-    embed_fn, params, model_state, source, aug_cfg: ml_collections.ConfigDict, *, batch_size: int,
+    embed_fn,
+    params,
+    model_state,
+    source,
+    aug_cfg: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
     mesh: Mesh,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), labels (N,)) for every image of `source`, in order."""

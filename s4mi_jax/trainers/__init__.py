@@ -16,5 +16,7 @@ def get(name: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
     except ModuleNotFoundError as e:
         if e.name != f"s4mi_jax.trainers.{name}":
             raise
-        raise ConfigError(f"config.trainer={name!r}: no module s4mi_jax/trainers/{name}.py") from None
+        raise ConfigError(
+            f"config.trainer={name!r}: no module s4mi_jax/trainers/{name}.py"
+        ) from None
     return module.train_and_evaluate

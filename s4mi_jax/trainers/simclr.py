@@ -103,14 +103,14 @@ def linear_probe(config, graphdef, state, probe_train, probe_test, mesh) -> dict
         embed, state.params, state.model_state, probe_test, config.aug, **kw
     )
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    return evaluate_linear_probe(
-        train_x, train_y, test_x, test_y, num_classes, l2=config.eval.l2
-    )
+    return evaluate_linear_probe(train_x, train_y, test_x, test_y, num_classes, l2=config.eval.l2)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
-    source, probe_train, probe_test = load_data(config)  # Validates the data before writing anything.
+    source, probe_train, probe_test = load_data(
+        config
+    )  # Validates the data before writing anything.
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     steps_per_epoch = max(len(source) // config.batch_size, 1)
@@ -121,7 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
     total_steps = config.total_steps or int(round(config.total_epochs * steps_per_epoch))
     schedule = optim.make_schedule(
-        config.optim, batch_size=config.batch_size, total_steps=total_steps,
+        config.optim,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
     )
     tx = optim.make_optimizer(config.optim, schedule)
@@ -158,7 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )
             log(f"linear probe of the random-init encoder: {_fmt(results['probe_at_init'])}")
             write_json(os.path.join(workdir, "probe_at_init.json"), results["probe_at_init"])
-    if "probe_at_init" not in results and os.path.exists(os.path.join(workdir, "probe_at_init.json")):
+    if "probe_at_init" not in results and os.path.exists(
+        os.path.join(workdir, "probe_at_init.json")
+    ):
         with open(os.path.join(workdir, "probe_at_init.json")) as f:
             results["probe_at_init"] = json.load(f)
 
@@ -188,10 +192,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
         return {}
 
-    results.update(step=int(state.step), train_images=len(source), wall_time_s=time.time() - t_start)
+    results.update(
+        step=int(state.step), train_images=len(source), wall_time_s=time.time() - t_start
+    )
     if config.eval.linear_probe and probe_train is not None:
-        results["linear_probe"] = linear_probe(config, graphdef, state, probe_train, probe_test, mesh)
-        writer.write(int(state.step), {f"eval/probe_{k}": v for k, v in results["linear_probe"].items()})
+        results["linear_probe"] = linear_probe(
+            config, graphdef, state, probe_train, probe_test, mesh
+        )
+        writer.write(
+            int(state.step), {f"eval/probe_{k}": v for k, v in results["linear_probe"].items()}
+        )
         log(f"linear probe of the SimCLR encoder: {_fmt(results['linear_probe'])}")
     writer.close()
     write_json(os.path.join(workdir, "results.json"), results)
