@@ -63,9 +63,10 @@ def test_holdout_split_is_grouped_stratified_and_deterministic():
     keep, held = splits.holdout_split(labels, 0.2, seed=0, groups=groups)
     assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == 300
     assert not {groups[i] for i in keep} & {groups[i] for i in held}
-    assert (labels[held] >= 0).all()
+    assert (labels[held] == UNLABELED).any()  # A held-out patient's unlabeled images go with it.
+    held_labeled = labels[held][labels[held] >= 0]
     for c in range(3):
-        frac = np.mean(labels[held] == c) / np.mean(labels[labels >= 0] == c)
+        frac = np.mean(held_labeled == c) / np.mean(labels[labels >= 0] == c)
         assert 0.8 < frac < 1.2  # Each class ~ equally represented in the held-out split.
     keep2, held2 = splits.holdout_split(labels, 0.2, seed=0, groups=groups)
     np.testing.assert_array_equal(held, held2)

@@ -20,8 +20,9 @@ def holdout_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns sorted (keep, held_out) indices; held_out is ~`fraction` of each class's labeled groups.
 
-    A group (patient) goes wholly to one side; its class is its first image's label. Unlabeled images
-    (label -1) always stay in `keep`. Each class with at least two groups gets at least one held-out group.
+    A group (patient) goes wholly to one side, unlabeled images included (so no held-out patient is seen
+    in pretraining either); its class is its first labeled image's label; groups with no labeled image stay
+    in `keep`. Each class with at least two groups gets at least one held-out group.
     """
     labels = np.asarray(labels)
     groups = list(groups) if groups is not None else [str(i) for i in range(len(labels))]
@@ -38,7 +39,5 @@ def holdout_split(
         if len(members) >= 2:
             n = min(max(n, 1), len(members) - 1)
         held_groups.update(members[:n])
-    held = np.array(
-        [g in held_groups and y >= 0 for g, y in zip(groups, labels.tolist(), strict=True)]
-    )
+    held = np.array([g in held_groups for g in groups])
     return np.flatnonzero(~held), np.flatnonzero(held)

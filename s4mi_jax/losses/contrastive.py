@@ -21,9 +21,10 @@ def nt_xent(
     z1, z2: (N, D) projections of two views of the same N images (row i of z1 and z2 are a positive pair).
     Cosine similarity (rows are L2-normalised here). This is the paper's average over the 2N positive pairs;
     the official TF code returns the sum of the two directions' means, i.e. twice this value.
-    Computed in float32 whatever the compute dtype. Returns (loss, {"contrastive_acc"}).
+    Computed in float32 (float64 if given float64) whatever the compute dtype. Returns (loss, {"contrastive_acc"}).
     """
-    z = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)
+    z = jnp.concatenate([z1, z2], axis=0)
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
     z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
     n2 = z.shape[0]
     n = n2 // 2
@@ -31,7 +32,7 @@ def nt_xent(
     eye = jnp.eye(n2, dtype=bool)
     logits = jnp.where(eye, -_LARGE_NUM, logits)
     # One-hot targets instead of an integer gather: shards cleanly under any mesh.
-    targets = jnp.roll(eye, n, axis=1).astype(jnp.float32)
+    targets = jnp.roll(eye, n, axis=1).astype(z.dtype)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     loss = -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
     acc = jnp.mean(jnp.sum(targets * (logits >= jnp.max(logits, axis=-1, keepdims=True)), axis=-1))

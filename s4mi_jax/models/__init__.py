@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
 from s4mi_jax.errors import ConfigError
+from s4mi_jax.models.dtypes import DTYPES, param_dtype_for, parse_dtype
 from s4mi_jax.models.heads import ProjectionHead
 from s4mi_jax.models.resnet import STEMS, ResNet, resnet18, resnet50
 from s4mi_jax.models.simclr import SimCLRModel, build_simclr_model
 
 ENCODERS = {"resnet18": resnet18, "resnet50": resnet50}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def parse_dtype(name: str) -> Any:
-    """``config.model.dtype`` string -> jnp dtype (compute dtype; params stay float32)."""
-    if name not in DTYPES:
-        raise ConfigError(
-            f"config.model.dtype={name!r} is not supported; choose one of {sorted(DTYPES)}"
-        )
-    return DTYPES[name]
 
 
 def build_encoder(cfg: Any, in_channels: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -42,8 +32,8 @@ def build_encoder(cfg: Any, in_channels: int, rngs: nnx.Rngs) -> nnx.Module:
         in_channels=in_channels,
         width=width,
         stem=stem,
-        dtype=parse_dtype(cfg.get("dtype", "float32")),
-        param_dtype=jnp.float32,
+        dtype=(dtype := parse_dtype(cfg.get("dtype", "float32"))),
+        param_dtype=param_dtype_for(dtype),
         rngs=rngs,
     )
 

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from s4mi_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+from s4mi_jax.models.dtypes import at_least_float32
+from s4mi_jax.models.resnet import batch_norm
 
 
 class ProjectionHead(nnx.Module):
@@ -58,16 +59,7 @@ class ProjectionHead(nnx.Module):
                 )
             )
             if not last and use_bn:
-                norms.append(
-                    nnx.BatchNorm(
-                        dims[i + 1],
-                        momentum=BN_MOMENTUM,
-                        epsilon=BN_EPSILON,
-                        dtype=jnp.float32,
-                        param_dtype=jnp.float32,
-                        rngs=rngs,
-                    )
-                )
+                norms.append(batch_norm(dims[i + 1], param_dtype=param_dtype, rngs=rngs))
         self.layers = nnx.List(layers)
         self.norms = nnx.List(norms)
         self.use_bn = use_bn
@@ -81,4 +73,5 @@ class ProjectionHead(nnx.Module):
             if self.use_bn:
                 x = self.norms[i](x)
             x = nnx.relu(x).astype(self.dtype)
-        return self.layers[-1](x).astype(jnp.float32)
+        x = self.layers[-1](x)
+        return x.astype(at_least_float32(x.dtype))

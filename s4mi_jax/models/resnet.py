@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from s4mi_jax.models.dtypes import at_least_float32
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 BLOCKS = ("basic", "bottleneck")
@@ -59,17 +61,24 @@ def _conv(
     )
 
 
-def _bn(num_features: int, *, zero_scale: bool = False, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # Statistics and affine params always float32: bf16 variance estimates are too coarse.
-    return nnx.BatchNorm(
+def batch_norm(
+    num_features: int, *, param_dtype: Any, zero_scale: bool = False, rngs: nnx.Rngs
+) -> nnx.BatchNorm:
+    """BatchNorm with statistics and affine params in at least float32 (bf16 variances are too coarse)."""
+    bn_dtype = at_least_float32(param_dtype)
+    bn = nnx.BatchNorm(
         num_features,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
+        dtype=bn_dtype,
+        param_dtype=bn_dtype,
         scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
         rngs=rngs,
     )
+    if bn_dtype != jnp.float32:  # nnx.BatchNorm always makes float32 running statistics.
+        bn.mean = nnx.BatchStat(jnp.zeros((num_features,), bn_dtype))
+        bn.var = nnx.BatchStat(jnp.ones((num_features,), bn_dtype))
+    return bn
 
 
 class _Shortcut(nnx.Module):
@@ -87,7 +96,7 @@ class _Shortcut(nnx.Module):
     ):
         self.dtype = dtype
         self.conv = _conv(in_ch, out_ch, 1, stride, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.bn = _bn(out_ch, rngs=rngs)
+        self.bn = batch_norm(out_ch, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.bn(self.conv(x)).astype(self.dtype)
@@ -113,9 +122,11 @@ class BasicBlock(nnx.Module):
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = _conv(in_ch, planes, 3, stride, **kw)
-        self.bn1 = _bn(planes, rngs=rngs)
+        self.bn1 = batch_norm(planes, param_dtype=param_dtype, rngs=rngs)
         self.conv2 = _conv(planes, out_ch, 3, 1, **kw)
-        self.bn2 = _bn(out_ch, zero_scale=zero_init_residual, rngs=rngs)
+        self.bn2 = batch_norm(
+            out_ch, param_dtype=param_dtype, zero_scale=zero_init_residual, rngs=rngs
+        )
         self.shortcut = (
             _Shortcut(in_ch, out_ch, stride, **kw) if stride != 1 or in_ch != out_ch else None
         )
@@ -147,11 +158,13 @@ class BottleneckBlock(nnx.Module):
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = _conv(in_ch, planes, 1, 1, **kw)
-        self.bn1 = _bn(planes, rngs=rngs)
+        self.bn1 = batch_norm(planes, param_dtype=param_dtype, rngs=rngs)
         self.conv2 = _conv(planes, planes, 3, stride, **kw)
-        self.bn2 = _bn(planes, rngs=rngs)
+        self.bn2 = batch_norm(planes, param_dtype=param_dtype, rngs=rngs)
         self.conv3 = _conv(planes, out_ch, 1, 1, **kw)
-        self.bn3 = _bn(out_ch, zero_scale=zero_init_residual, rngs=rngs)
+        self.bn3 = batch_norm(
+            out_ch, param_dtype=param_dtype, zero_scale=zero_init_residual, rngs=rngs
+        )
         self.shortcut = (
             _Shortcut(in_ch, out_ch, stride, **kw) if stride != 1 or in_ch != out_ch else None
         )
@@ -201,7 +214,7 @@ class ResNet(nnx.Module):
             self.stem_conv = _conv(in_channels, width, 7, 2, **kw)
         else:
             self.stem_conv = _conv(in_channels, width, 3, 1, **kw)
-        self.stem_bn = _bn(width, rngs=rngs)
+        self.stem_bn = batch_norm(width, param_dtype=param_dtype, rngs=rngs)
 
         blocks = []
         in_ch = width
@@ -224,8 +237,8 @@ class ResNet(nnx.Module):
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for blk in self.blocks:
             x = blk(x)
-        # Pool in float32: a bf16 mean over many positions loses precision.
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        # Pool in (at least) float32: a bf16 mean over many positions loses precision.
+        return jnp.mean(x.astype(at_least_float32(x.dtype)), axis=(1, 2))
 
 
 def resnet18(**kw: Any) -> ResNet:

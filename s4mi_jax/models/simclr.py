@@ -27,7 +27,8 @@ class SimCLRModel(nnx.Module):
 def build_simclr_model(model_cfg: Any, in_channels: int, rngs: nnx.Rngs) -> SimCLRModel:
     """Build from ``config.model``: encoder fields + proj_hidden_dim/proj_out_dim/proj_layers."""
     # Imported here: the registry lives in the package __init__, which itself imports this module.
-    from s4mi_jax.models import build_encoder, parse_dtype
+    from s4mi_jax.models import build_encoder
+    from s4mi_jax.models.dtypes import param_dtype_for, parse_dtype
 
     encoder = build_encoder(model_cfg, in_channels, rngs)
     dtype = parse_dtype(model_cfg.get("dtype", "float32"))
@@ -37,6 +38,7 @@ def build_simclr_model(model_cfg: Any, in_channels: int, rngs: nnx.Rngs) -> SimC
         int(model_cfg.proj_out_dim),
         num_layers=int(model_cfg.get("proj_layers", 2)),
         dtype=dtype,
+        param_dtype=param_dtype_for(dtype),
         rngs=rngs,
     )
     return SimCLRModel(encoder, head)

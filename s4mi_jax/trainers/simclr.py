@@ -90,7 +90,11 @@ def load_data(config: ml_collections.ConfigDict):
     )
     probe_train = SubsetSource(source, np.intersect1d(keep, labeled))
     # Pretraining never sees the probe's test images, labeled or not.
-    return SubsetSource(source, keep), probe_train, SubsetSource(source, held)
+    return (
+        SubsetSource(source, keep),
+        probe_train,
+        SubsetSource(source, np.intersect1d(held, labeled)),
+    )
 
 
 def linear_probe(config, graphdef, state, probe_train, probe_test, mesh) -> dict[str, float]:
