@@ -1,5 +1,7 @@
 """Data sources, splits, augmentations and the Grain pipeline."""
 
+from pathlib import Path
+
 import ml_collections
 import numpy as np
 import pytest
@@ -144,3 +146,25 @@ def test_eval_batches_pad_and_mask():
     batches = list(pipeline.eval_batches(source, cfg, batch_size=64))
     assert len(batches) == 5 and all(b["image"].shape == (64, 16, 16, 1) for b in batches)
     assert sum(int(b["mask"].sum()) for b in batches) == 320
+
+
+def test_simclr_data_split_with_and_without_eval_root(tmp_path):
+    from s4mi_jax.data.sources import SAMPLE_ROOT
+    from s4mi_jax.trainers import simclr
+    from tests.helpers import local_config
+
+    pretrain, probe_train, probe_test = simclr.load_data(local_config())
+    assert (len(pretrain), len(probe_train), len(probe_test)) == (240, 240, 80)
+    assert not set(pretrain.indices) & set(probe_test.indices)  # Held-out never pretrained on.
+
+    (tmp_path / "images").mkdir()
+    names = sorted((Path(SAMPLE_ROOT) / "images").iterdir())[:6]
+    for p in names:
+        (tmp_path / "images" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "labels.csv").write_text(
+        "filename,label\n" + "".join(f"{p.name},{i % 2}\n" for i, p in enumerate(names))
+    )
+    config = local_config(**{"data.eval_root": str(tmp_path)})
+    pretrain, probe_train, probe_test = simclr.load_data(config)
+    assert (len(pretrain), len(probe_train), len(probe_test)) == (320, 320, 6)
+    assert probe_test.labels.tolist() == [0, 1, 0, 1, 0, 1]

@@ -92,10 +92,13 @@ def train_loop(
             batch = sharding.put_batch(next(data_iter), mesh)
             state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
             step += 1
-            if collection is None:
+            if collection is None:  # First step of this invocation: it includes compilation.
                 collection = clu_metrics.Collection.create(
                     **{k: clu_metrics.Average.from_output(k) for k in metrics}
                 )
+                jax.block_until_ready(metrics)
+                log(f"first step (trace + compile + run): {time.perf_counter() - t_last:.1f}s")
+                t_last, step_last = time.perf_counter(), step  # Throughput excludes compile.
             single = collection.single_from_model_output(**metrics)
             acc = single if acc is None else acc.merge(single)
 
@@ -103,10 +106,13 @@ def train_loop(
                 values = {f"train/{k}": float(v) for k, v in acc.compute().items()}
                 acc = None
                 now = time.perf_counter()
-                rate = (step - step_last) * images_per_step / (now - t_last)
-                eta = (total_steps - step) * (now - t_last) / (step - step_last)
+                speed = ""
+                if step > step_last:  # Not right after the compile step: nothing timed yet.
+                    rate = (step - step_last) * images_per_step / (now - t_last)
+                    eta = (total_steps - step) * (now - t_last) / (step - step_last)
+                    values["train/images_per_sec"] = rate
+                    speed = f" | {rate:.1f} img/s | ETA {format_seconds(eta)}"
                 t_last, step_last = now, step
-                values["train/images_per_sec"] = rate
                 if schedule is not None:
                     values["train/lr"] = float(schedule(step - 1))
                 loss = values.get("train/loss", 0.0)
@@ -118,10 +124,7 @@ def train_loop(
                         "the data, then rerun to resume."
                     )
                 writer.write(step, values)
-                log(
-                    f"step {step}/{total_steps} | loss {loss:.4f} | {rate:.1f} img/s | "
-                    f"ETA {format_seconds(eta)}"
-                )
+                log(f"step {step}/{total_steps} | loss {loss:.4f}{speed}")
 
             if sigterm.raised or step == halt_at_step:
                 checkpointer.save(step, state, data_iter)

@@ -81,3 +81,20 @@ def prepare_workdir(workdir: str, config) -> None:
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+def run_environment() -> dict:
+    """What produced a result: package, JAX and Flax versions, devices."""
+    import flax
+
+    import s4mi_jax
+
+    devices = jax.devices()
+    return {
+        "s4mi_jax_version": s4mi_jax.__version__,
+        "jax_version": jax.__version__,
+        "flax_version": flax.__version__,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+    }

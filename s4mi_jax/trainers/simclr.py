@@ -21,7 +21,12 @@ from flax import nnx
 from s4mi_jax.core import optim, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
-from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
+from s4mi_jax.core.metric_writer import (
+    MetricWriter,
+    prepare_workdir,
+    run_environment,
+    write_json,
+)
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, pipeline, splits
 from s4mi_jax.data.sources import SubsetSource, open_source
@@ -197,7 +202,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return {}
 
     results.update(
-        step=int(state.step), train_images=len(source), wall_time_s=time.time() - t_start
+        step=int(state.step),
+        train_images=len(source),
+        wall_time_s=time.time() - t_start,  # This invocation only (a resumed run counts its part).
+        environment=run_environment(),
     )
     if config.eval.linear_probe and probe_train is not None:
         results["linear_probe"] = linear_probe(
