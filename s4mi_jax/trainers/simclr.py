@@ -87,7 +87,13 @@ def load_data(config: ml_collections.ConfigDict):
         test = open_source(
             config.data.eval_root, channels=source.channels, verify=config.data.verify
         )
-        return source, SubsetSource(source, labeled), SubsetSource(test, np.arange(len(test)))
+        test_labeled = np.flatnonzero(test.labels >= 0)
+        if len(test_labeled) == 0:
+            raise DataError(
+                f"config.data.eval_root={config.data.eval_root}: no labeled images "
+                "(a labels.csv with filename,label is needed for the linear probe)."
+            )
+        return source, SubsetSource(source, labeled), SubsetSource(test, test_labeled)
     if not config.eval.linear_probe or len(labeled) == 0:
         return source, None, None
     keep, held = splits.holdout_split(
@@ -117,9 +123,8 @@ def linear_probe(config, graphdef, state, probe_train, probe_test, mesh) -> dict
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start = time.time()
-    source, probe_train, probe_test = load_data(
-        config
-    )  # Validates the data before writing anything.
+    # Validates the data before anything is written.
+    source, probe_train, probe_test = load_data(config)
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     steps_per_epoch = max(len(source) // config.batch_size, 1)
