@@ -61,3 +61,72 @@ def run_config() -> ml_collections.ConfigDict:
             mesh=dict(data=-1),  # -1: all devices.
         )
     )
+
+
+def classification_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
+    """Supervised / linear-probe / fine-tune classification on chest X-rays at a label fraction.
+
+    Variants: `local` (tiny and fast: tests, the CPU sweep); `label_fraction=0.1,seed=2` style arguments.
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    arg = parse_arg(arg, local=False, label_fraction=1.0, seed=0)
+    config = run_config()
+    config.trainer = "classify"
+    config.method = method  # supervised | linear_probe | finetune
+    config.init_from = placeholder(
+        str
+    )  # Pretraining workdir (or checkpoints/<step>) to start from.
+    config.label_fraction = arg.label_fraction
+    config.seed = arg.seed  # Picks the labeled subset and initialises the model.
+    config.data = dict(
+        root=placeholder(str),  # None = embedded sample.
+        eval_root=placeholder(str),  # A separate labeled test folder (else test is carved out).
+        channels=placeholder(int),
+        verify=True,
+        num_workers=0,
+        split_seed=0,  # Test/val split: the same for every fraction and seed.
+        val_fraction=0.1,
+        test_fraction=0.2,
+    )
+    config.aug = aug_config(image_size=64)
+    config.aug.update(
+        crop_scale=(0.5, 1.0),
+        jitter_prob=0.3,
+        jitter_strength=0.5,
+        blur_prob=0.0,
+        grayscale_prob=0.0,
+    )
+    config.model = dict(name="resnet18", width=16, stem="imagenet", dtype="float32")
+    config.loss = dict(name="cross_entropy", class_weights="none")  # or focal / reference weights.
+    config.optim = dict(
+        name="adam",
+        base_lr=1e-3,
+        lr_scaling="none",
+        weight_decay=0.0,
+        momentum=0.9,
+        nesterov=False,
+        trust_coefficient=0.001,
+        warmup_epochs=1.0,
+        grad_clip_norm=0.0,
+    )
+    if method == "linear_probe":
+        config.optim.update(name="sgd", base_lr=0.1, nesterov=True)  # SimCLR's linear evaluation.
+    if method == "finetune":
+        config.optim.base_lr = 3e-4
+    config.batch_size = 64
+    config.total_steps = 600  # Fixed steps at every fraction (epochs would starve the 1% cells).
+    config.log_every = 50
+    config.eval_every = 100  # Validation for model selection.
+    config.select_metric = "auroc"
+    config.ckpt_every = 200
+    config.eval = dict(batch_size=128, bootstrap=1000)
+    if arg.local:
+        config.model.width = 8
+        config.aug.image_size = 32
+        config.batch_size = 32
+        config.total_steps = 150
+        config.log_every = 25
+        config.eval_every = 50
+        config.ckpt_every = 50
+        config.eval.bootstrap = 200
+    return config

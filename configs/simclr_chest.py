@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     if arg.local:  # Seconds on a CPU: for tests and CI.
-        config.model.width = 4
+        config.model.width = 8  # = the classification configs' :local encoder (init_from works).
         config.model.proj_hidden_dim = 16
         config.model.proj_out_dim = 8
         config.aug.image_size = 32

@@ -18,8 +18,17 @@ CONFIGS = sorted(
 )
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("variant", [None, "local", "research"])
+VARIANTS = {"simclr_chest": [None, "local", "research"]}
+
+
+@pytest.mark.parametrize(
+    "name,variant",
+    [
+        (n, v)
+        for n in CONFIGS
+        for v in VARIANTS.get(n, [None, "local", "local,label_fraction=0.1,seed=2"])
+    ],
+)
 def test_config_loads_and_locks(name, variant):
     config = importlib.import_module(f"configs.{name}").get_config(variant)
     assert config.trainer and config.batch_size > 0

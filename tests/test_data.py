@@ -83,12 +83,12 @@ def _aug_cfg(size=32):
 def test_simclr_views_shape_range_and_grayscale_jitter():
     image = np.random.default_rng(0).integers(0, 255, (50, 40, 1), np.uint8)
     cfg = _aug_cfg()
-    views = [augment.simclr_view(image, np.random.default_rng(s), cfg) for s in range(20)]
+    views = [augment.random_view(image, np.random.default_rng(s), cfg) for s in range(20)]
     assert all(v.shape == (32, 32, 1) and v.dtype == np.float32 for v in views)
     lo, hi = (0 - cfg.mean) / cfg.std, (1 - cfg.mean) / cfg.std
     assert all(v.min() >= lo - 1e-6 and v.max() <= hi + 1e-6 for v in views)
     assert len({v.tobytes() for v in views}) == 20  # Random.
-    same = augment.simclr_view(image, np.random.default_rng(3), cfg)
+    same = augment.random_view(image, np.random.default_rng(3), cfg)
     np.testing.assert_array_equal(same, views[3])  # Deterministic per seed.
 
 

@@ -31,8 +31,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iter: grain.DatasetIterator | None,
+        meta: dict | None = None,
+    ) -> None:
+        """`meta`: small JSON facts kept with the weights (e.g. the label manifest's hash)."""
         items = {"state": ocp.args.StandardSave(state)}
+        if meta is not None:
+            items["meta"] = ocp.args.JsonSave(meta)
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)

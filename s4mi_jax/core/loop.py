@@ -77,10 +77,15 @@ def train_loop(
     images_per_step: int,
     schedule: Callable[[int], Any] | None = None,
     halt_at_step: int | None = None,
+    eval_every: int = 0,
+    eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
+    meta: dict | None = None,
 ) -> tuple[Any, bool]:
     """Runs `train_step` until `total_steps`. Returns (state, stopped_early).
 
     On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning resumes.
+    `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model selection);
+    what it returns is written with the metrics. `meta` is stored with every checkpoint.
     """
     step = int(state.step)
     collection = None
@@ -126,13 +131,18 @@ def train_loop(
                 writer.write(step, values)
                 log(f"step {step}/{total_steps} | loss {loss:.4f}{speed}")
 
+            if eval_fn is not None and eval_every > 0 and itstime(step, eval_every, total_steps):
+                t_eval = time.perf_counter()
+                writer.write(step, eval_fn(state, step))
+                t_last += time.perf_counter() - t_eval  # Throughput counts training time only.
+
             if sigterm.raised or step == halt_at_step:
-                checkpointer.save(step, state, data_iter)
+                checkpointer.save(step, state, data_iter, meta)
                 why = "SIGTERM" if sigterm.raised else "config.halt_at_step"
                 log(f"{why}: saved checkpoint at step {step}; rerun the same command to resume.")
                 preempted = True
                 break
             if itstime(step, ckpt_every, total_steps):
-                checkpointer.save(step, state, data_iter)
+                checkpointer.save(step, state, data_iter, meta)
     checkpointer.wait()
     return state, preempted

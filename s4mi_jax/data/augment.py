@@ -104,8 +104,9 @@ def gaussian_blur(
     return ndimage.gaussian_filter(x, sigma=(s, s, 0), truncate=radius / s, mode="reflect")
 
 
-def simclr_view(image: np.ndarray, rng: np.random.Generator, cfg: ml_collections.ConfigDict):
-    """One SimCLR view: uint8 (H, W, C) -> normalised float32 (S, S, C)."""
+def random_view(image: np.ndarray, rng: np.random.Generator, cfg: ml_collections.ConfigDict):
+    """One random view (SimCLR recipe; milder settings for supervised training): uint8 (H, W, C) -> normalised
+    float32 (S, S, C)."""
     x = random_resized_crop(image, rng, cfg.image_size, tuple(cfg.crop_scale))
     if cfg.hflip and rng.random() < 0.5:
         x = x[:, ::-1]
@@ -140,8 +141,18 @@ class TwoViews(grain.transforms.RandomMap):
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         image = element["image"]
         return {
-            "view1": simclr_view(image, rng, self.cfg),
-            "view2": simclr_view(image, rng, self.cfg),
+            "view1": random_view(image, rng, self.cfg),
+            "view2": random_view(image, rng, self.cfg),
             "label": element["label"],
             "index": element["index"],
         }
+
+
+class OneView(grain.transforms.RandomMap):
+    """Grain transform for supervised training: record -> {"image", "label"} with one random view."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.cfg = cfg
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        return {"image": random_view(element["image"], rng, self.cfg), "label": element["label"]}

@@ -22,6 +22,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 UNLABELED = -1
 
 
+def is_labeled(labels: np.ndarray) -> np.ndarray:
+    """Boolean mask of labeled rows: label >= 0, or (multi-label, (N, C)) no -1 in the row."""
+    labels = np.asarray(labels)
+    return labels >= 0 if labels.ndim == 1 else (labels >= 0).all(axis=1)
+
+
 def read_image(path: str | Path, channels: int | None) -> np.ndarray:
     """Decodes one image to uint8 (H, W, C); C = `channels` (1 or 3) or what the file holds."""
     try:
@@ -57,7 +63,8 @@ class FolderSource:
     """Images in `root/images/` (or directly in `root/`), labels from an optional `root/labels.csv`.
 
     `labels.csv` has columns `filename,label`; labels may be integers or class names (names are sorted and
-    numbered). Images absent from labels.csv are unlabeled. `metadata.csv` (optional) may carry a
+    numbered). Or, for multi-label data, `filename,<class_1>,...,<class_C>` with 0/1 entries and no `label`
+    column: `labels` is then (N, C) multi-hot. Images absent from labels.csv are unlabeled (-1). `metadata.csv` (optional) may carry a
     `patient_id` column, used to keep one patient's images on one side of a split.
     """
 
@@ -93,8 +100,13 @@ class FolderSource:
             self.verify()
 
     def _read_labels(self, path: Path, names: list[str]) -> None:
-        rows = _read_csv(path, ["filename", "label"])
+        rows = _read_csv(path, ["filename"])
         index = {n: i for i, n in enumerate(names)}
+        columns = [c for c in (rows[0] if rows else {}) if c != "filename"]
+        if "label" not in columns and len(columns) > 1:
+            self._read_multilabels(path, rows, columns, index)
+            return
+        rows = _read_csv(path, ["filename", "label"])
         raw = [r["label"].strip() for r in rows]
         numeric = all(v.lstrip("-").isdigit() for v in raw)
         self.class_names = sorted(set(raw), key=int if numeric else str)
@@ -106,6 +118,25 @@ class FolderSource:
                     f"{path} line {line}: file {row['filename']!r} is not in {self.files[0].parent}."
                 )
             self.labels[index[name]] = to_int[value]
+
+    def _read_multilabels(self, path, rows, columns, index) -> None:
+        self.class_names = columns
+        self.labels = np.full((len(index), len(columns)), UNLABELED, np.int32)
+        for line, row in enumerate(rows, start=2):
+            name = os.path.basename(row["filename"])
+            if name not in index:
+                raise DataError(
+                    f"{path} line {line}: file {row['filename']!r} is not in {self.files[0].parent}."
+                )
+            try:
+                values = [int(row[c]) for c in columns]
+            except (TypeError, ValueError):
+                values = [-1]
+            if any(v not in (0, 1) for v in values):
+                raise DataError(
+                    f"{path} line {line}: multi-label columns {columns} must be 0 or 1."
+                )
+            self.labels[index[name]] = values
 
     def verify(self) -> None:
         """Checks every file's structure (PNG chunk CRCs, truncation) without a full decode."""
@@ -155,7 +186,7 @@ class NpzSource:
         self.labels = (
             np.full(len(images), UNLABELED, np.int32) if labels is None else labels.astype(np.int32)
         )
-        self.class_names = [str(c) for c in sorted(set(self.labels.tolist()) - {UNLABELED})]
+        self.class_names = [str(c) for c in sorted(set(self.labels[self.labels >= 0].tolist()))]
         self.groups = None
         self.channels = images.shape[-1]
 

@@ -7,9 +7,19 @@ set and inflates every metric. Why stratified: a small test split must still con
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+
+def hash_rank(items: Iterable[str], seed: int | str) -> list[str]:
+    """Sorts `items` by SHA-256 of `f"{seed}:{item}"` (ties by the item itself).
+
+    Why a hash and not an RNG permutation: an item's rank depends only on (seed, item), so the order does
+    not change with input order, Python's hash seed, or other items being added or removed — and a prefix
+    of the ranking taken at a larger size always contains the prefix taken at a smaller one.
+    """
+    return sorted(items, key=lambda g: (hashlib.sha256(f"{seed}:{g}".encode()).hexdigest(), g))
 
 
 def holdout_split(
@@ -32,9 +42,8 @@ def holdout_split(
             group_label.setdefault(g, y)
     held_groups: set[str] = set()
     for cls in sorted(set(group_label.values())):
-        members = sorted(g for g, y in group_label.items() if y == cls)
         # Rank groups by a seeded hash: stable under adding/removing other groups or classes.
-        members.sort(key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+        members = hash_rank((g for g, y in group_label.items() if y == cls), seed)
         n = int(round(fraction * len(members)))
         if len(members) >= 2:
             n = min(max(n, 1), len(members) - 1)

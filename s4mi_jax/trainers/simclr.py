@@ -29,7 +29,7 @@ from s4mi_jax.core.metric_writer import (
 )
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, pipeline, splits
-from s4mi_jax.data.sources import SubsetSource, open_source
+from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source
 from s4mi_jax.errors import DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
@@ -82,12 +82,12 @@ def jit_train_step(train_step, shardings, mesh):
 def load_data(config: ml_collections.ConfigDict):
     """(pretraining source, probe train source, probe test source or None)."""
     source = open_source(config.data.root, channels=config.data.channels, verify=config.data.verify)
-    labeled = np.flatnonzero(source.labels >= 0)
+    labeled = np.flatnonzero(is_labeled(source.labels))
     if config.data.eval_root:
         test = open_source(
             config.data.eval_root, channels=source.channels, verify=config.data.verify
         )
-        test_labeled = np.flatnonzero(test.labels >= 0)
+        test_labeled = np.flatnonzero(is_labeled(test.labels))
         if len(test_labeled) == 0:
             raise DataError(
                 f"config.data.eval_root={config.data.eval_root}: no labeled images "
@@ -226,6 +226,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "num_train", "num_test")
     return ", ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+        f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+        for k in keys
+        if k in metrics
     )

@@ -1,0 +1,13 @@
+"""Fine-tuning of a pretrained encoder on chest X-rays at a label fraction (configs/common.py).
+
+    python -m s4mi_jax.main --config=configs/finetune_chest.py:label_fraction=0.1,seed=0 \
+        --config.data.root=../shared/data/chest_xray_pneumonia --config.init_from=runs/simclr_chest --workdir=runs/finetune_10
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return common.classification_config("finetune", arg)

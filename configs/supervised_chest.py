@@ -1,0 +1,13 @@
+"""Supervised classification (from random init) of chest X-rays at a label fraction (configs/common.py).
+
+    python -m s4mi_jax.main --config=configs/supervised_chest.py:label_fraction=0.1,seed=0 \
+        --config.data.root=../shared/data/chest_xray_pneumonia --workdir=runs/supervised_10
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return common.classification_config("supervised", arg)

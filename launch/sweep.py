@@ -1,0 +1,119 @@
+"""The S4MI classification table: methods x label fractions x seeds, run one after another, resumable.
+
+    python launch/sweep.py --sweep_dir=runs/sweep_chest \
+        --data_root=../shared/data/chest_xray_pneumonia --variant=local \
+        --fractions=0.01,0.1,1.0 --seeds=0,1,2 --methods=supervised,linear_probe,finetune
+    python launch/report.py --sweep_dir=runs/sweep_chest
+
+For each seed, SimCLR is pretrained once (`<sweep_dir>/pretrain/seed_<s>`) on the training pool (never the
+validation or test images); `linear_probe` and `finetune` cells start from it. Each cell is
+`python -m s4mi_jax.main` in `<sweep_dir>/<method>/frac_<f>/seed_<s>`: a cell with a results.json is
+skipped, an interrupted one resumes from its own checkpoint, so rerunning the command finishes the sweep.
+`--dry_run` prints the commands without running them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+_SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep.", required=True)
+_DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset folder (None: embedded sample).")
+_VARIANT = flags.DEFINE_string("variant", "local", "Config variant for every run ('' for default).")
+_FRACTIONS = flags.DEFINE_list("fractions", ["0.01", "0.1", "1.0"], "Label fractions.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (labeled subset, init, data order).")
+_METHODS = flags.DEFINE_list(
+    "methods", ["supervised", "linear_probe", "finetune"], "Classification methods."
+)
+_PRETRAIN_CONFIG = flags.DEFINE_string(
+    "pretrain_config", "configs/simclr_chest.py", "Self-supervised pretraining config."
+)
+_PRETRAIN_OVERRIDES = flags.DEFINE_multi_string(
+    "pretrain_override", [], "Extra `key=value` config overrides for pretraining."
+)
+_CELL_OVERRIDES = flags.DEFINE_multi_string(
+    "cell_override", [], "Extra `key=value` config overrides for every classification cell."
+)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+
+NEEDS_PRETRAINING = ("linear_probe", "finetune")
+
+
+def _config_arg(path: str, variant: str, **kw) -> str:
+    parts = [variant] if variant else []
+    parts += [f"{k}={v}" for k, v in kw.items()]
+    return f"--config={path}" + (":" + ",".join(parts) if parts else "")
+
+
+def plan(
+    sweep_dir: str,
+    *,
+    data_root: str | None,
+    variant: str,
+    fractions: list[str],
+    seeds: list[str],
+    methods: list[str],
+    pretrain_config: str,
+    pretrain_overrides: list[str],
+    cell_overrides: list[str],
+) -> list[tuple[str, list[str]]]:
+    """(workdir, command) for every run, pretraining first, in the order they run."""
+    data = [f"--config.data.root={data_root}"] if data_root else []
+    runs = []
+    for seed in seeds:
+        pre_dir = os.path.join(sweep_dir, "pretrain", f"seed_{seed}")
+        if any(m in NEEDS_PRETRAINING for m in methods):
+            cmd = [_config_arg(pretrain_config, variant), f"--config.seed={seed}", *data]
+            cmd += [f"--config.{o}" for o in pretrain_overrides]
+            runs.append((pre_dir, cmd + [f"--workdir={pre_dir}"]))
+        for method in methods:
+            for frac in fractions:
+                workdir = os.path.join(sweep_dir, method, f"frac_{frac}", f"seed_{seed}")
+                cmd = [
+                    _config_arg(
+                        f"configs/{method}_chest.py", variant, label_fraction=frac, seed=seed
+                    ),
+                    *data,
+                    *[f"--config.{o}" for o in cell_overrides],
+                ]
+                if method in NEEDS_PRETRAINING:
+                    cmd.append(f"--config.init_from={pre_dir}")
+                runs.append((workdir, cmd + [f"--workdir={workdir}"]))
+    return runs
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    runs = plan(
+        _SWEEP_DIR.value,
+        data_root=_DATA_ROOT.value,
+        variant=_VARIANT.value,
+        fractions=_FRACTIONS.value,
+        seeds=_SEEDS.value,
+        methods=_METHODS.value,
+        pretrain_config=_PRETRAIN_CONFIG.value,
+        pretrain_overrides=_PRETRAIN_OVERRIDES.value,
+        cell_overrides=_CELL_OVERRIDES.value,
+    )
+    for i, (workdir, args) in enumerate(runs, start=1):
+        command = [sys.executable, "-m", "s4mi_jax.main", *args]
+        done = os.path.exists(os.path.join(workdir, "results.json"))
+        print(
+            f"[{i}/{len(runs)}] {'done, skipped: ' if done else ''}{shlex.join(command)}",
+            flush=True,
+        )
+        if done or _DRY_RUN.value:
+            continue
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            sys.exit(
+                f"run failed (exit {result.returncode}): {workdir}; rerun to resume the sweep."
+            )
+
+
+if __name__ == "__main__":
+    app.run(main)
