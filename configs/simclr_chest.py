@@ -27,6 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         channels=placeholder(int),  # None: as stored (1 for grayscale X-rays).
         verify=True,  # Check every file before training (fails early on a corrupt image).
         num_workers=0,  # Grain worker processes for augmentation (0: threads in this process).
+        # Patient-grouped, stratified val/test splits, as in the classification configs: pretraining
+        # excludes both; the linear probe tests on `test`.
+        split_seed=0,
+        val_fraction=0.1,
+        test_fraction=0.2,
     )
     config.aug = common.aug_config(image_size=64)
     config.model = dict(
@@ -56,7 +61,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ckpt_every = 100
     config.eval = dict(
         linear_probe=True,
-        holdout_fraction=0.25,  # Patient-grouped, stratified; excluded from pretraining too.
         probe_at_init=True,  # Also probe the random-init encoder: the baseline SimCLR must beat.
         batch_size=64,
         l2=1e-3,

@@ -62,7 +62,7 @@ def test_main_writes_checkpoint_metrics_results(finished_run):
     results = json.loads((workdir / "results.json").read_text())
     probe = results["linear_probe"]
     assert 0.0 <= probe["accuracy"] <= 1.0 and 0.0 <= probe["auroc"] <= 1.0
-    assert probe["num_test"] == 80 and probe["num_train"] == 240
+    assert probe["num_test"] == 64 and probe["num_train"] == 224
     config = json.loads((workdir / "config.json").read_text())
     assert config["trainer"] == "simclr" and config["total_steps"] == 6
     assert (workdir / "checkpoints" / "6").is_dir()

@@ -88,8 +88,10 @@ def test_small_class_gets_one_patient_in_test_val_and_train():
     labels = np.array([0] * 40 + [1] * 3)  # Class 1: 3 patients; 0.1 * 3 rounds to 0 for val.
     m = make_manifest(keys, labels, None, fraction=0.01, seed=0)
     assert [int((labels[getattr(m, s)] == 1).sum()) for s in ("test", "val", "train")] == [1, 1, 1]
-    two = make_manifest(keys[:42], labels[:42], None, fraction=0.01, seed=0)
-    assert (labels[two.train] == 1).sum() == 2 and (labels[two.test] == 1).sum() == 0
+    two = make_manifest(
+        keys[:42], labels[:42], None, fraction=0.01, seed=0
+    )  # Both stay in the pool.
+    assert (labels[two.train_pool] == 1).sum() == 2 and (labels[two.test] == 1).sum() == 0
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5])
@@ -282,3 +284,13 @@ def test_save_load_round_trip_and_tamper_check(tmp_path):
     dropped = m.keys("train")[0]
     with pytest.raises(DataError, match=f"1 image\\(s\\) not in the data, e.g. \\['{dropped}'\\]"):
         Manifest.load(path, keys=[k for k in KEYS if k != dropped])
+
+
+def test_patient_with_images_of_two_classes_forms_its_own_stratum():
+    # Class 1 exists only in patients who also have class-0 images: stratum (0, 1) keeps it in train.
+    keys = [f"a{p}" for p in range(30)] + [f"b{p}_{j}" for p in range(6) for j in range(2)]
+    groups = [f"a{p}" for p in range(30)] + [f"b{p}" for p in range(6) for j in range(2)]
+    labels = np.array([0] * 30 + [0, 1] * 6)
+    m = make_manifest(keys, labels, groups, fraction=0.01, seed=0)
+    assert {groups[i] for i in m.train if labels[i] == 1}  # A mixed patient, both images.
+    assert sorted(labels[m.train].tolist()) == [0, 0, 1]

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s4mi_jax.data import splits
-from s4mi_jax.data.sources import open_source
+from s4mi_jax.data import manifests
+from s4mi_jax.data.sources import open_source, source_keys
 
 SHARED = Path(
     os.environ.get(
@@ -25,10 +25,14 @@ def test_full_chest_xray_folder():
     assert len(source) == 5216 and source.channels == 1
     assert np.bincount(source.labels).tolist() == [1341, 3875]
     assert len(set(source.groups)) < len(source)  # Several images per patient.
-    keep, held = splits.holdout_split(source.labels, 0.2, 0, source.groups)
-    assert not {source.groups[i] for i in keep} & {source.groups[i] for i in held}
-    assert 0.15 < len(held) / len(source) < 0.25
-    assert source[int(held[0])]["image"].shape == (128, 128, 1)
+    m = manifests.make_manifest(
+        source_keys(source), source.labels, source.groups, fraction=0.01, seed=0
+    )
+    patients = [{source.groups[i] for i in getattr(m, s)} for s in ("train", "val", "test")]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    assert 0.15 < len(m.test) / len(source) < 0.25 and 0.05 < len(m.val) / len(source) < 0.15
+    assert 0.005 < len(m.train) / len(m.train_pool) < 0.03  # ~1% of the pool's patients.
+    assert source[int(m.test[0])]["image"].shape == (128, 128, 1)
 
 
 @needs_shared

@@ -26,6 +26,7 @@ Nothing depends on input order or Python's hash seed: groups are ranked by SHA-2
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -91,7 +92,7 @@ class Manifest:
             **self.params,
             "sample_keys": list(self.sample_keys),
             "splits": {s: sorted(self.keys(s)) for s in SPLITS},
-            "counts": self.counts,
+            "counts": copy.deepcopy(self.counts),
         }
 
     def save(self, path: str | os.PathLike) -> None:

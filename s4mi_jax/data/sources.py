@@ -197,6 +197,13 @@ class NpzSource:
         return {"image": self.images[i], "label": self.labels[i], "index": np.int32(i)}
 
 
+def source_keys(source) -> list[str]:
+    """A stable id per record (file name, or row number for arrays): what manifests are made of."""
+    if hasattr(source, "files"):
+        return [p.name for p in source.files]
+    return [f"{i:08d}" for i in range(len(source))]
+
+
 class SubsetSource:
     """A view of `source` restricted to `indices` (a split or a label-fraction manifest)."""
 

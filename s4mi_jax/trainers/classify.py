@@ -32,7 +32,7 @@ from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, run_environment, write_json
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, manifests, pipeline
-from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source
+from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source, source_keys
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features, metrics
 from s4mi_jax.losses import classification as losses
@@ -111,10 +111,8 @@ def load_splits(config: ml_collections.ConfigDict):
     labeled = is_labeled(source.labels)
     if not labeled.any():
         raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
-    keys = [p.name for p in source.files] if hasattr(source, "files") else None
-    keys = keys or [str(i) for i in range(len(source))]
     manifest = manifests.make_manifest(
-        keys,
+        source_keys(source),
         source.labels,
         source.groups,
         fraction=config.label_fraction,

@@ -28,8 +28,8 @@ from s4mi_jax.core.metric_writer import (
     write_json,
 )
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment, pipeline, splits
-from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source
+from s4mi_jax.data import augment, manifests, pipeline
+from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source, source_keys
 from s4mi_jax.errors import DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
@@ -80,9 +80,27 @@ def jit_train_step(train_step, shardings, mesh):
 
 
 def load_data(config: ml_collections.ConfigDict):
-    """(pretraining source, probe train source, probe test source or None)."""
+    """(pretraining source, probe train source, probe test source), or probe sources None.
+
+    The split is the classification manifest's at 100% labels (same `data.split_seed`, `val_fraction`,
+    `test_fraction`), so pretraining never sees a validation or test patient of the label-fraction
+    experiments that start from it; the probe trains on the training pool and tests on the test split.
+    """
     source = open_source(config.data.root, channels=config.data.channels, verify=config.data.verify)
-    labeled = np.flatnonzero(is_labeled(source.labels))
+    labeled = is_labeled(source.labels)
+    if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
+        return source, None, None
+    manifest = manifests.make_manifest(
+        source_keys(source),
+        source.labels,
+        source.groups,
+        fraction=1.0,
+        seed=config.seed,
+        split_seed=config.data.split_seed,
+        val_fraction=config.data.val_fraction,
+        test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
+    )
+    pretrain = SubsetSource(source, np.union1d(manifest.train_pool, manifest.unlabeled))
     if config.data.eval_root:
         test = open_source(
             config.data.eval_root, channels=source.channels, verify=config.data.verify
@@ -93,19 +111,10 @@ def load_data(config: ml_collections.ConfigDict):
                 f"config.data.eval_root={config.data.eval_root}: no labeled images "
                 "(a labels.csv with filename,label is needed for the linear probe)."
             )
-        return source, SubsetSource(source, labeled), SubsetSource(test, test_labeled)
-    if not config.eval.linear_probe or len(labeled) == 0:
-        return source, None, None
-    keep, held = splits.holdout_split(
-        source.labels, config.eval.holdout_fraction, config.seed, source.groups
-    )
-    probe_train = SubsetSource(source, np.intersect1d(keep, labeled))
-    # Pretraining never sees the probe's test images, labeled or not.
-    return (
-        SubsetSource(source, keep),
-        probe_train,
-        SubsetSource(source, np.intersect1d(held, labeled)),
-    )
+        probe_test = SubsetSource(test, test_labeled)
+    else:
+        probe_test = SubsetSource(source, manifest.test)
+    return pretrain, SubsetSource(source, manifest.train), probe_test
 
 
 def linear_probe(config, graphdef, state, probe_train, probe_test, mesh) -> dict[str, float]:
