@@ -22,7 +22,7 @@ def _run(devices, batches, config):
     graphdef, init, abstract = train_state.initializer(
         lambda rngs: build_simclr_model(config.model, 1, rngs), tx, config.seed, mesh
     )
-    step = simclr.jit_train_step(
+    step = train_state.jit_step(
         simclr.make_train_step(graphdef, tx, config.loss.temperature),
         train_state.shardings_of(abstract),
         mesh,

@@ -84,3 +84,15 @@ def initializer(
 
 def shardings_of(abstract_state: Any) -> Any:
     return jax.tree.map(lambda x: x.sharding, abstract_state)
+
+
+def jit_step(step_fn: Callable, shardings: Any, mesh: Mesh) -> Callable:
+    """`jax.jit` of a `(state, batch, rng) -> (state, metrics)` step with explicit in/out shardings
+    over the mesh (state as `shardings`, batch split over `data`, rng and metrics replicated); the old
+    state is donated, so its buffers are reused for the new one."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -37,7 +37,6 @@ from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features, metrics
 from s4mi_jax.losses import classification as losses
 from s4mi_jax.models.classifier import build_classifier
-from s4mi_jax.trainers.simclr import jit_train_step
 
 METHODS = ("supervised", "linear_probe", "finetune")
 
@@ -185,12 +184,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         mesh,
     )
     counts = _counts(train_src.labels, num_classes)
-    loss_name = (
-        config.loss.name
-        if not multilabel or config.loss.name != "cross_entropy"
-        else ("sigmoid_cross_entropy")
-    )
-    step_fn = jit_train_step(
+    loss_name = config.loss.name
+    if multilabel and loss_name == "cross_entropy":
+        loss_name = "sigmoid_cross_entropy"  # Softmax cross-entropy is single-label only.
+    step_fn = train_state.jit_step(
         make_train_step(
             graphdef,
             tx,

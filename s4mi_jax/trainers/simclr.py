@@ -68,17 +68,6 @@ def make_train_step(
     return train_step
 
 
-def jit_train_step(train_step, shardings, mesh):
-    """`jax.jit` with explicit in/out shardings over the mesh; the old state is donated."""
-    batch = sharding.batch_sharding(mesh)
-    return jax.jit(
-        train_step,
-        in_shardings=(shardings, batch, sharding.replicated(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
 def load_data(config: ml_collections.ConfigDict):
     """(pretraining source, probe train source, probe test source), or probe sources None.
 
@@ -153,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     graphdef, init, abstract_state = train_state.initializer(
         lambda rngs: build_simclr_model(config.model, source.channels, rngs), tx, config.seed, mesh
     )
-    step_fn = jit_train_step(
+    step_fn = train_state.jit_step(
         make_train_step(graphdef, tx, config.loss.temperature),
         train_state.shardings_of(abstract_state),
         mesh,
