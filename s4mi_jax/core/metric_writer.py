@@ -33,8 +33,15 @@ class MetricWriter:
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
+        lines = []
         with open(self.path) as f:
-            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            for ln in f:
+                try:
+                    row = json.loads(ln)
+                except json.JSONDecodeError:  # A line cut short by a kill: drop it.
+                    continue
+                if row.get("step", 0) <= step:
+                    lines.append(ln if ln.endswith("\n") else ln + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(lines)
