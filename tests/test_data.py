@@ -149,3 +149,30 @@ def test_simclr_data_split_with_and_without_eval_root(tmp_path):
     pretrain, probe_train, probe_test = simclr.load_data(config)
     assert (len(pretrain), len(probe_train), len(probe_test)) == (288, 288, 6)
     assert probe_test.labels.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_masks_optional_per_image_and_checked(tmp_path):
+    from s4mi_jax.data.sources import read_mask
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    binary = np.zeros((6, 8), np.uint8)
+    binary[2:4, 3:6] = 255
+    Image.fromarray(binary).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(np.full((6, 8), 2, np.uint8)).save(tmp_path / "masks" / "b.png")
+    source = open_source(str(tmp_path))
+    np.testing.assert_array_equal(source.mask(0), binary // 255)
+    assert source.mask(1).max() == 2  # Class-index mask kept as is.
+    assert source.mask(2) is None  # No mask: an unlabeled image, no fake mask needed.
+    soft = binary.copy()
+    soft[0, 0] = 128
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    with pytest.raises(DataError, match="only 0 and 255"):
+        read_mask(tmp_path / "soft.png", (6, 8), "img.png")
+    with pytest.raises(DataError, match=r"is 8x6 but its image img.png is 9x6"):
+        read_mask(tmp_path / "soft.png", (6, 9), "img.png")
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match="single-channel"):
+        read_mask(tmp_path / "rgb.png", (6, 8), "img.png")

@@ -41,3 +41,17 @@ def test_ph2_rgb_folder_with_masks_beside_images():
     assert len(source) == 140 and source.channels == 3
     assert (source.labels >= 0).all() and len(source.class_names) == 3
     assert source[0]["image"].shape[-1] == 3
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    "name", ["ph2_dermoscopy", "dsb2018_nuclei_stage1test", "covid_cxr_lung_segmentation"]
+)
+def test_segmentation_folders_read_binary_masks(name):
+    source = open_source(str(SHARED / name), verify=False)
+    assert source.mask_files is not None and all(m is not None for m in source.mask_files)
+    for i in (0, len(source) - 1):
+        image = source[i]["image"]
+        mask = source.mask(i, image.shape)
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask).tolist()) <= {0, 1} and mask.any()

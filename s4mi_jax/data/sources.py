@@ -47,6 +47,43 @@ def read_image(path: str | Path, channels: int | None) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def read_mask(path: str | Path, image_shape: tuple[int, ...], image_path: str | Path) -> np.ndarray:
+    """A segmentation mask as uint8 class indices (H, W).
+
+    Binary masks stored as 0/255 (the layout of ../shared/data) become 0/1; masks whose maximum is below
+    255 are taken as class indices. A mask with 255 and other non-zero values (e.g. softened by a resize)
+    or of another size than its image is an error naming both files.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "P", "1", "I", "I;16"):
+                raise DataError(
+                    f"mask {path}: mode {img.mode} with several channels; masks are single-channel."
+                )
+            mask = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read mask {path}: {e}. Remove or replace the file.") from None
+    if mask.shape != tuple(image_shape[:2]):
+        raise DataError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+            f"{image_shape[1]}x{image_shape[0]}; masks must have their image's size."
+        )
+    values = np.unique(mask)
+    if values.max(initial=0) == 255:
+        if not set(values.tolist()) <= {0, 255}:
+            raise DataError(
+                f"mask {path} has values {values[:8].tolist()}...: a binary mask must hold only 0 and "
+                "255 (was it resized with interpolation? use nearest neighbour)."
+            )
+        return (mask == 255).astype(np.uint8)
+    if values.max(initial=0) > 255:
+        raise DataError(
+            f"mask {path}: values up to {values.max()} do not fit class indices 0..254."
+        )
+    return mask.astype(np.uint8)
+
+
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -94,6 +131,14 @@ class FolderSource:
             if rows and "patient_id" in rows[0]:
                 by_name = {r["filename"]: r["patient_id"] for r in rows}
                 self.groups = [by_name.get(n, n) for n in names]
+        self.mask_files: list[Path | None] | None = None
+        if (root / "masks").is_dir():  # Optional per image: unlabeled images need no fake masks.
+            by_stem = {
+                p.stem: p
+                for p in (root / "masks").iterdir()
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+            }
+            self.mask_files = [by_stem.get(p.stem) for p in self.files]
         first = read_image(self.files[0], channels)
         self.channels = first.shape[-1]
         if verify:
@@ -151,6 +196,15 @@ class FolderSource:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def mask(self, i: int, image_shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The mask of image `i` (class indices, (H, W)), or None if it has none."""
+        if self.mask_files is None or self.mask_files[i] is None:
+            return None
+        if image_shape is None:
+            with Image.open(self.files[i]) as img:
+                image_shape = (img.height, img.width)
+        return read_mask(self.mask_files[i], image_shape, self.files[i])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         image = read_image(self.files[i], self.channels)
