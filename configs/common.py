@@ -55,6 +55,9 @@ def run_config() -> ml_collections.ConfigDict:
             total_steps=ml_collections.config_dict.placeholder(int),  # Overrides total_epochs.
             # Stop (with a checkpoint, as on preemption) after this step; rerun to continue.
             halt_at_step=ml_collections.config_dict.placeholder(int),
+            # A non-finite loss/gradient never updates the parameters; then "stop" (at the next log,
+            # naming the step) or "skip" (count it in train/skipped_steps and go on).
+            nonfinite="stop",
             log_every=10,
             ckpt_every=100,
             keep_ckpts=2,

@@ -42,7 +42,7 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if meta is not None:
             items["meta"] = ocp.args.JsonSave(meta)
-        if data_iter is not None:
+        if hasattr(data_iter, "get_state"):  # A Grain iterator; plain iterators have no position.
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 from jax.sharding import Mesh
@@ -80,16 +81,25 @@ def train_loop(
     eval_every: int = 0,
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     meta: dict | None = None,
+    nonfinite_policy: str = "stop",
 ) -> tuple[Any, bool]:
     """Runs `train_step` until `total_steps`. Returns (state, stopped_early).
 
     On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning resumes.
     `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model selection);
     what it returns is written with the metrics. `meta` is stored with every checkpoint.
+
+    Steps with a non-finite loss or gradient (reported by `guard_nonfinite`) changed nothing; at the
+    next log the loop either stops naming the first such step (`nonfinite_policy="stop"`) or counts
+    them in `train/skipped_steps` and goes on ("skip").
     """
+    if nonfinite_policy not in ("stop", "skip"):
+        raise S4MIError(f"config.nonfinite={nonfinite_policy!r}: expected 'stop' or 'skip'.")
     step = int(state.step)
     collection = None
     acc = None
+    skipped, first_bad, first_kind = 0, None, None  # Device scalars once a guarded step ran.
+    reported = 0
     t_last, step_last = time.perf_counter(), step
     preempted = False
     with _SigtermFlag() as sigterm:
@@ -97,6 +107,12 @@ def train_loop(
             batch = sharding.put_batch(next(data_iter), mesh)
             state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
             step += 1
+            bad = metrics.pop("nonfinite", None)
+            if bad is not None:  # Device-side bookkeeping: no host sync per step.
+                skipped = skipped + (bad > 0)
+                new_bad = (bad > 0) & (first_bad is None or first_bad < 0)
+                first_bad = jnp.where(new_bad, step, -1 if first_bad is None else first_bad)
+                first_kind = jnp.where(new_bad, bad, 0.0 if first_kind is None else first_kind)
             if collection is None:  # First step of this invocation: it includes compilation.
                 collection = clu_metrics.Collection.create(
                     **{k: clu_metrics.Average.from_output(k) for k in metrics}
@@ -104,7 +120,10 @@ def train_loop(
                 jax.block_until_ready(metrics)
                 log(f"first step (trace + compile + run): {time.perf_counter() - t_last:.1f}s")
                 t_last, step_last = time.perf_counter(), step  # Throughput excludes compile.
-            single = collection.single_from_model_output(**metrics)
+            good = jnp.ones((1,), bool) if bad is None else (bad == 0).reshape(1)
+            single = collection.single_from_model_output(
+                mask=good, **{k: jnp.reshape(v, (1,)) for k, v in metrics.items()}
+            )
             acc = single if acc is None else acc.merge(single)
 
             if itstime(step, log_every, total_steps):
@@ -121,13 +140,24 @@ def train_loop(
                 if schedule is not None:
                     values["train/lr"] = float(schedule(step - 1))
                 loss = values.get("train/loss", 0.0)
-                if not np.isfinite(loss):
-                    checkpointer.wait()
-                    raise S4MIError(
-                        f"train/loss is {loss} at step {step}; stopping. The last checkpoint in "
-                        f"{checkpointer.directory} is intact: lower config.optim.base_lr or check "
-                        "the data, then rerun to resume."
+                n_skipped = int(skipped)
+                if n_skipped:
+                    what = "loss" if float(first_kind) == 1 else "gradients"
+                    message = (
+                        f"non-finite {what} at step {int(first_bad)} ({n_skipped} update(s) skipped "
+                        f"so far, parameters untouched)"
                     )
+                    if nonfinite_policy == "stop":
+                        checkpointer.wait()
+                        raise S4MIError(
+                            f"{message}; stopping. The last checkpoint in {checkpointer.directory} "
+                            "is intact: lower config.optim.base_lr, check the data, or set "
+                            "config.nonfinite=skip, then rerun to resume."
+                        )
+                    values["train/skipped_steps"] = n_skipped
+                    if n_skipped > reported:
+                        log(f"warning: {message}")
+                        reported = n_skipped
                 writer.write(step, values)
                 log(f"step {step}/{total_steps} | loss {loss:.4f}{speed}")
 

@@ -279,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         images_per_step=config.batch_size,
         schedule=schedule,
         halt_at_step=config.halt_at_step,
+        nonfinite_policy=config.nonfinite,
         eval_every=config.eval_every,
         eval_fn=validate,
         meta=meta,

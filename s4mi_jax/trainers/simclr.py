@@ -198,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         images_per_step=2 * config.batch_size,
         schedule=schedule,
         halt_at_step=config.halt_at_step,
+        nonfinite_policy=config.nonfinite,
     )
     checkpointer.close()
     if preempted:
