@@ -58,6 +58,8 @@ def run_config() -> ml_collections.ConfigDict:
             # A non-finite loss/gradient never updates the parameters; then "stop" (at the next log,
             # naming the step) or "skip" (count it in train/skipped_steps and go on).
             nonfinite="stop",
+            # Resume a workdir whose config.json differs (beyond log/checkpoint cadence) from this one.
+            allow_config_change=False,
             log_every=10,
             ckpt_every=100,
             keep_ckpts=2,

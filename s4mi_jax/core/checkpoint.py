@@ -14,6 +14,8 @@ from typing import Any
 import grain
 import orbax.checkpoint as ocp
 
+from s4mi_jax.errors import S4MIError
+
 
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
@@ -44,7 +46,16 @@ class Checkpointer:
             items["meta"] = ocp.args.JsonSave(meta)
         if hasattr(data_iter, "get_state"):  # A Grain iterator; plain iterators have no position.
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except OSError as e:  # e.g. disk full: say so, and which checkpoint is still good.
+            raise self._save_error(step, e) from None
+
+    def _save_error(self, step: int | None, error: Exception) -> S4MIError:
+        return S4MIError(
+            f"could not save checkpoint {step or ''} in {self.directory}: {error}. The previous checkpoint "
+            f"(step {self.latest_step()}) is intact; free space and rerun to resume from it."
+        )
 
     def restore(
         self, abstract_state: Any, data_iter: grain.DatasetIterator | None, step: int | None = None
@@ -57,8 +68,12 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until pending async saves are committed (a failed one raises here)."""
+        try:
+            self.manager.wait_until_finished()
+        except (OSError, RuntimeError) as e:
+            raise self._save_error(None, e) from None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

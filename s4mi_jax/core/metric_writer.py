@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import jax
 
+from s4mi_jax.errors import S4MIError
+
 
 class MetricWriter:
     def __init__(self, workdir: str, *, resume_step: int | None = None, tensorboard: bool = True):
@@ -83,11 +85,60 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+# Keys that may differ when a run resumes: they change how a run is watched, not what it computes.
+RESUMABLE_CHANGES = (
+    "halt_at_step",
+    "log_every",
+    "ckpt_every",
+    "keep_ckpts",
+    "nonfinite",
+    "allow_config_change",
+    "data.num_workers",
+    "data.verify",
+    "eval.batch_size",
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def prepare_workdir(workdir: str, config) -> None:
-    """Creates the run folder and records the config; called only after the inputs were validated."""
-    if jax.process_index() == 0:
+    """Creates the run folder and records the config; called only after the inputs were validated.
+
+    A workdir that already holds a run of another config is refused (resuming it would silently mix
+    two experiments) unless `config.allow_config_change` is set; keys in RESUMABLE_CHANGES may differ.
+    """
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(json.dumps(config.to_dict(), default=str))
+    if os.path.exists(path) and not config.get("allow_config_change", False):
+        with open(path) as f:
+            old = _flatten(json.load(f))
+        flat = _flatten(new)
+        changed = sorted(
+            k
+            for k in set(old) | set(flat)
+            if old.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES
+        )
+        if changed:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed[:5])
+            raise S4MIError(
+                f"{workdir} holds a run of another config ({shown}{', ...' if len(changed) > 5 else ''})."
+                " Use another --workdir, or pass --config.allow_config_change=True to continue it."
+            )
+    try:
         os.makedirs(workdir, exist_ok=True)
-        write_json(os.path.join(workdir, "config.json"), config.to_dict())
+        write_json(path, new)
+    except OSError as e:
+        raise S4MIError(f"cannot write to workdir {workdir}: {e}") from None
 
 
 def run_environment() -> dict:

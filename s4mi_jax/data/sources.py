@@ -152,16 +152,32 @@ class FolderSource:
             self._read_multilabels(path, rows, columns, index)
             return
         rows = _read_csv(path, ["filename", "label"])
-        raw = [r["label"].strip() for r in rows]
-        numeric = all(v.lstrip("-").isdigit() for v in raw)
-        self.class_names = sorted(set(raw), key=int if numeric else str)
-        to_int = {c: (int(c) if numeric else k) for k, c in enumerate(self.class_names)}
+        raw = [(r["label"] or "").strip() for r in rows]
+        for line, value in enumerate(raw, start=2):
+            if not value or value.startswith("-"):
+                raise DataError(
+                    f"{path} line {line}: label {value!r} is not a class id (0, 1, ...) or name; "
+                    "leave an unlabeled image out of labels.csv instead."
+                )
+        numeric = all(v.isdigit() for v in raw)
+        if numeric:  # Class ids: 0..max, names are the ids.
+            self.class_names = [str(c) for c in range(max(int(v) for v in raw) + 1)]
+            to_int = {v: int(v) for v in raw}
+        else:
+            self.class_names = sorted(set(raw))
+            to_int = {c: k for k, c in enumerate(self.class_names)}
+        seen: dict[str, int] = {}
         for line, (row, value) in enumerate(zip(rows, raw, strict=True), start=2):
             name = os.path.basename(row["filename"])
             if name not in index:
                 raise DataError(
                     f"{path} line {line}: file {row['filename']!r} is not in {self.files[0].parent}."
                 )
+            if name in seen:
+                raise DataError(
+                    f"{path} lines {seen[name]} and {line}: {name!r} is listed twice; keep one row."
+                )
+            seen[name] = line
             self.labels[index[name]] = to_int[value]
 
     def _read_multilabels(self, path, rows, columns, index) -> None:

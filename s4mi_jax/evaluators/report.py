@@ -331,9 +331,15 @@ def plot(agg: Sequence[Mapping[str, Any]], metric: str, path: str) -> None:
     backend of a caller (e.g. a notebook) is left alone. Methods are nudged apart slightly along x
     so that their error bars do not hide each other.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter, NullLocator
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter, NullLocator
+    except ImportError:
+        raise S4MIError(
+            "plots need matplotlib, an optional dependency: pip install 's4mi_jax[report]' "
+            "(the Markdown and CSV tables need nothing extra)."
+        ) from None
 
     if agg and f"{metric}_mean" not in agg[0]:
         raise S4MIError(f"metric {metric!r} was not aggregated; pass it to aggregate()")
