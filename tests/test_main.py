@@ -169,3 +169,13 @@ def test_labels_csv_naming_missing_file_is_clear(tmp_path):
     (data / "labels.csv").write_text("filename,label\na.png,0\nb.png,1\n")
     proc = run_main(LOCAL, f"--workdir={tmp_path / 'w'}", f"--config.data.root={data}")
     _assert_clear_error(proc, "labels.csv line 3", "b.png")
+
+
+def test_wrong_type_on_command_line_is_one_clear_error(tmp_path):
+    proc = run_main(LOCAL, f"--workdir={tmp_path / 'w'}", "--config.batch_size=abc")
+    _assert_clear_error(proc, "bad config or flag", "--config.batch_size=abc", "invalid literal")
+
+
+def test_missing_config_file_is_one_clear_error(tmp_path):
+    proc = run_main("--config=configs/nope.py", f"--workdir={tmp_path / 'w'}")
+    _assert_clear_error(proc, "bad config file", "configs/nope.py")
