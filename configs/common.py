@@ -63,6 +63,9 @@ def run_config() -> ml_collections.ConfigDict:
             log_every=10,
             ckpt_every=100,
             keep_ckpts=2,
+            # Async saves overlap training; a kill can then also lose the save in flight (up to two
+            # intervals). Synchronous saves lose at most one interval and stall training while saving.
+            checkpoint_async=True,
             mesh=dict(data=-1),  # -1: all devices.
         )
     )

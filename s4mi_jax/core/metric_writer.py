@@ -30,7 +30,11 @@ class MetricWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter  # Optional at import time: tests may skip it.
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # purge_step: events after the restored checkpoint (from a killed run) are dropped.
+            self._tb = SummaryWriter(
+                os.path.join(workdir, "tensorboard"),
+                purge_step=resume_step + 1 if resume_step else None,
+            )
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
@@ -80,9 +84,16 @@ def write_json(path: str, obj) -> None:
     if jax.process_index() != 0:
         return
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())  # Durable before the rename, also across a power loss.
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 # Keys that may differ when a run resumes: they change how a run is watched, not what it computes.

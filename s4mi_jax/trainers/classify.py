@@ -212,7 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     prepare_workdir(workdir, config)
     manifest.save(os.path.join(workdir, "manifest.json"))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_ckpts)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.keep_ckpts,
+        async_save=config.checkpoint_async,
+    )
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
     best_path = os.path.join(workdir, "best.json")
     meta = {"manifest_hash": manifest.hash, "label_fraction": config.label_fraction}

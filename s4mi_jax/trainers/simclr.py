@@ -158,7 +158,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     prepare_workdir(workdir, config)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_ckpts)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.keep_ckpts,
+        async_save=config.checkpoint_async,
+    )
     resume_step = checkpointer.latest_step()
     results = {}
     if resume_step is not None:
