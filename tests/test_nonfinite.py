@@ -4,6 +4,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -56,7 +57,11 @@ def _toy(tmp_path, poison_steps, policy, total=8):
     ckpt = Checkpointer(str(tmp_path / "ckpt"))
     writer = MetricWriter(str(tmp_path), tensorboard=False)
     try:
+        config = ml_collections.ConfigDict(
+            dict(log_every=4, ckpt_every=0, halt_at_step=None, nonfinite=policy)
+        )
         state, _ = train_loop(
+            config,
             train_step=step,
             state=state,
             data_iter=batches(),
@@ -64,10 +69,7 @@ def _toy(tmp_path, poison_steps, policy, total=8):
             checkpointer=ckpt,
             writer=writer,
             total_steps=total,
-            log_every=4,
-            ckpt_every=0,
             images_per_step=4,
-            nonfinite_policy=policy,
         )
     finally:
         writer.close()

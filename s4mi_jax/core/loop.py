@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from clu import metrics as clu_metrics
 from jax.sharding import Mesh
@@ -65,6 +66,7 @@ class _SigtermFlag:
 
 
 def train_loop(
+    config: ml_collections.ConfigDict,
     *,
     train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
     state: Any,
@@ -73,26 +75,25 @@ def train_loop(
     checkpointer: Checkpointer,
     writer: MetricWriter,
     total_steps: int,
-    log_every: int,
-    ckpt_every: int,
     images_per_step: int,
     schedule: Callable[[int], Any] | None = None,
-    halt_at_step: int | None = None,
-    eval_every: int = 0,
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     meta: dict | None = None,
-    nonfinite_policy: str = "stop",
 ) -> tuple[Any, bool]:
     """Runs `train_step` until `total_steps`. Returns (state, stopped_early).
 
-    On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning resumes.
-    `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model selection);
-    what it returns is written with the metrics. `meta` is stored with every checkpoint.
+    Cadence from `config`: `log_every`, `ckpt_every`, `eval_every` (if present), `halt_at_step`,
+    `nonfinite`. On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning
+    resumes. `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model
+    selection); what it returns is written with the metrics. `meta` is stored with every checkpoint.
 
     Steps with a non-finite loss or gradient (reported by `guard_nonfinite`) changed nothing; at the
     next log the loop either stops naming the first such step (`nonfinite_policy="stop"`) or counts
     them in `train/skipped_steps` and goes on ("skip").
     """
+    log_every, ckpt_every = config.log_every, config.ckpt_every
+    eval_every, halt_at_step = config.get("eval_every", 0), config.halt_at_step
+    nonfinite_policy = config.nonfinite
     if nonfinite_policy not in ("stop", "skip"):
         raise S4MIError(f"config.nonfinite={nonfinite_policy!r}: expected 'stop' or 'skip'.")
     step = int(state.step)

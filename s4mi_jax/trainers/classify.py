@@ -271,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     writer = MetricWriter(workdir, resume_step=resume_step)
     state, stopped = train_loop(
+        config,
         train_step=step_fn,
         state=state,
         data_iter=data_iter,
@@ -278,13 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpointer=checkpointer,
         writer=writer,
         total_steps=total_steps,
-        log_every=config.log_every,
-        ckpt_every=config.ckpt_every,
         images_per_step=config.batch_size,
         schedule=schedule,
-        halt_at_step=config.halt_at_step,
-        nonfinite_policy=config.nonfinite,
-        eval_every=config.eval_every,
         eval_fn=validate,
         meta=meta,
     )
