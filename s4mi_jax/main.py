@@ -62,7 +62,9 @@ def main(argv: list[str]) -> None:
         train_and_evaluate = trainers.get(config.trainer)
         results = train_and_evaluate(config, workdir)
     except S4MIError as e:
-        print(f"s4mi_jax: error: {e}", file=sys.stderr)
+        # Raised under a JAX transform, the message carries JAX's note on filtered frames: drop it.
+        message = str(e).split("\n--------------------")[0]
+        print(f"s4mi_jax: error: {message}", file=sys.stderr)
         sys.exit(2)
     log(f"done: results in {os.path.join(workdir, 'results.json')}" if results else "done")
 

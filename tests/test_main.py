@@ -179,3 +179,13 @@ def test_wrong_type_on_command_line_is_one_clear_error(tmp_path):
 def test_missing_config_file_is_one_clear_error(tmp_path):
     proc = run_main("--config=configs/nope.py", f"--workdir={tmp_path / 'w'}")
     _assert_clear_error(proc, "bad config file", "configs/nope.py")
+
+
+def test_error_raised_under_jax_transform_is_one_line(tmp_path):
+    proc = run_main(
+        "--config=configs/supervised_chest.py:local",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.model.name=resnet7",
+    )
+    _assert_clear_error(proc, "config.model.name='resnet7'", "['resnet18', 'resnet50']")
+    assert "For simplicity" not in proc.stderr and proc.stderr.count("\n") <= 2
