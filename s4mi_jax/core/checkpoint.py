@@ -30,6 +30,15 @@ class Checkpointer:
             ),
         )
 
+    @classmethod
+    def for_run(cls, workdir: str, config) -> Checkpointer:
+        """The run's checkpoints (`workdir/checkpoints`), kept and saved as `config` says."""
+        return cls(
+            os.path.join(workdir, "checkpoints"),
+            max_to_keep=config.keep_ckpts,
+            async_save=config.checkpoint_async,
+        )
+
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 

@@ -72,3 +72,21 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
     if cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx
+
+
+def for_run(
+    config: ml_collections.ConfigDict, num_examples: int
+) -> tuple[optax.GradientTransformation, optax.Schedule, int, int]:
+    """(tx, schedule, total_steps, steps_per_epoch) for a run over `num_examples` training examples.
+
+    `config.total_steps` wins over `config.total_epochs`; epochs are counted in global batches.
+    """
+    steps_per_epoch = max(num_examples // config.batch_size, 1)
+    total_steps = config.total_steps or int(round(config.total_epochs * steps_per_epoch))
+    schedule = make_schedule(
+        config.optim,
+        batch_size=config.batch_size,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+    )
+    return make_optimizer(config.optim, schedule), schedule, total_steps, steps_per_epoch

@@ -165,15 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     multilabel = source.labels.ndim == 2
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    steps_per_epoch = max(len(train_src) // config.batch_size, 1)
-    total_steps = config.total_steps or int(round(config.total_epochs * steps_per_epoch))
-    schedule = optim.make_schedule(
-        config.optim,
-        batch_size=config.batch_size,
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
-    )
-    tx = optim.make_optimizer(config.optim, schedule)
+    tx, schedule, total_steps, _ = optim.for_run(config, len(train_src))
     frozen = config.method == "linear_probe"
     if frozen:
         tx = frozen_encoder_tx(tx)
@@ -212,11 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     prepare_workdir(workdir, config)
     manifest.save(os.path.join(workdir, "manifest.json"))
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=config.keep_ckpts,
-        async_save=config.checkpoint_async,
-    )
+    checkpointer = Checkpointer.for_run(workdir, config)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
     best_path = os.path.join(workdir, "best.json")
     meta = {"manifest_hash": manifest.hash, "label_fraction": config.label_fraction}

@@ -125,20 +125,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     source, probe_train, probe_test = load_data(config)
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    steps_per_epoch = max(len(source) // config.batch_size, 1)
     if len(source) < config.batch_size:
         raise DataError(
             f"{len(source)} training images in {source.root} is fewer than "
             f"config.batch_size={config.batch_size}."
         )
-    total_steps = config.total_steps or int(round(config.total_epochs * steps_per_epoch))
-    schedule = optim.make_schedule(
-        config.optim,
-        batch_size=config.batch_size,
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
-    )
-    tx = optim.make_optimizer(config.optim, schedule)
+    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, len(source))
     graphdef, init, abstract_state = train_state.initializer(
         lambda rngs: build_simclr_model(config.model, source.channels, rngs), tx, config.seed, mesh
     )
@@ -158,11 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     prepare_workdir(workdir, config)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=config.keep_ckpts,
-        async_save=config.checkpoint_async,
-    )
+    checkpointer = Checkpointer.for_run(workdir, config)
     resume_step = checkpointer.latest_step()
     results = {}
     if resume_step is not None:
