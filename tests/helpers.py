@@ -13,6 +13,11 @@ def local_config(**overrides):
     config = simclr_chest.get_config("local")
     config.eval.probe_at_init = False
     config.data.verify = False  # The embedded sample is verified once in its own test.
+    return override(config, **overrides)
+
+
+def override(config, **overrides):
+    """Sets dotted keys (`**{"optim.name": "sgd"}`) on a ConfigDict, like `--config.optim.name=sgd`."""
     for key, value in overrides.items():
         node = config
         *path, last = key.split(".")
@@ -20,6 +25,15 @@ def local_config(**overrides):
             node = node[p]
         node[last] = value
     return config
+
+
+def classification_config(method: str, **overrides):
+    """The `:local` classification config with overrides (dotted keys allowed)."""
+    from configs import common
+
+    config = common.classification_config(method, "local")
+    config.data.verify = False
+    return override(config, **overrides)
 
 
 def max_abs_diff(a, b) -> float:

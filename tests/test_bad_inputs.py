@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.data import manifests
 from s4mi_jax.data.sources import SAMPLE_ROOT, open_source, read_mask
 from s4mi_jax.errors import ConfigError, DataError, S4MIError
 from s4mi_jax.trainers import classify, simclr
-from tests.helpers import local_config
+from tests.helpers import classification_config, local_config
 
 
 def _folder(tmp_path, n=3, size=(8, 8), mode="L"):
@@ -308,15 +307,7 @@ def _mask(tmp_path, size, *values):
 
 
 def _cls(**overrides):
-    config = common.classification_config("supervised", "local")
-    config.data.verify = False
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return config
+    return classification_config(overrides.pop("method", "supervised"), **overrides)
 
 
 @pytest.mark.parametrize("name,make,error,pattern", CASES, ids=[c[0] for c in CASES])

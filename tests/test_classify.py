@@ -9,27 +9,20 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from configs import common, simclr_chest
+from configs import simclr_chest
 from s4mi_jax.core import optim, pretrained, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.models.classifier import build_classifier
 from s4mi_jax.trainers import classify, simclr
-from tests.helpers import max_abs_diff
+from tests.helpers import classification_config, max_abs_diff
 
 
 def cls_config(method, **overrides):
-    config = common.classification_config(method, "local")
-    config.data.verify = False
-    config.update(total_steps=4, eval_every=2, log_every=2, ckpt_every=2)
-    config.eval.bootstrap = 20
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return config
+    settings = dict(
+        total_steps=4, eval_every=2, log_every=2, ckpt_every=2, **{"eval.bootstrap": 20}
+    )
+    return classification_config(method, **{**settings, **overrides})
 
 
 def _raw_state(workdir):
