@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -33,20 +34,86 @@ def peak_learning_rate(cfg: ml_collections.ConfigDict, batch_size: int) -> float
     )
 
 
+def periodic_cosine(peak: float, min_lr: float, half_period: int) -> optax.Schedule:
+    """PyTorch `CosineAnnealingLR(T_max=half_period, eta_min=min_lr)` stepped every iteration, past
+    T_max: min + (peak - min)(1 + cos(π t / T_max)) / 2 for every t, a cosine that goes back up (period
+    2·T_max). The S4MI/CASS reference code runs this with T_max=16 (methods.md §7.1)."""
+    return lambda t: min_lr + (peak - min_lr) * (1 + jnp.cos(jnp.pi * t / half_period)) / 2
+
+
 def make_schedule(
     cfg: ml_collections.ConfigDict, *, batch_size: int, total_steps: int, steps_per_epoch: int
 ) -> optax.Schedule:
-    """Linear warm-up from 0 over `warmup_epochs`, then cosine decay to 0 at `total_steps`."""
+    """`config.optim.schedule`: "warmup_cosine" (default: linear warm-up from 0 over `warmup_epochs`,
+    then cosine to `min_lr` at `total_steps`) or "periodic_cosine" (`cosine_period_steps` = T_max)."""
     peak = peak_learning_rate(cfg, batch_size)
+    min_lr = float(cfg.get("min_lr", 0.0))
+    kind = cfg.get("schedule", "warmup_cosine")
+    if kind == "periodic_cosine":
+        return periodic_cosine(peak, min_lr, int(cfg.cosine_period_steps))
+    if kind != "warmup_cosine":
+        raise ConfigError(
+            f"config.optim.schedule={kind!r}: expected 'warmup_cosine' or 'periodic_cosine'."
+        )
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(total_steps, 1)
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, 1),
+        end_value=min_lr,
     )
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
-    """`config.optim.name`: lars | sgd | adam (coupled L2, as torch Adam) | adamw."""
-    wd = cfg.weight_decay
+def weight_decay_schedule(
+    cfg: ml_collections.ConfigDict, total_steps: int
+) -> optax.ScalarOrSchedule:
+    """Constant `weight_decay`, or a cosine from it to `weight_decay_end` over the run (DINO: 0.04 ->
+    0.4, official `cosine_scheduler`)."""
+    start, end = cfg.weight_decay, cfg.get("weight_decay_end")
+    if end is None or end == start:
+        return start
+    return lambda t: (
+        end + (start - end) * (1 + jnp.cos(jnp.pi * jnp.minimum(t / total_steps, 1))) / 2
+    )
+
+
+def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
+    """Each parameter's gradient clipped to norm `max_norm` on its own (official DINO's
+    `clip_gradients`), unlike `clip_by_global_norm`, which scales all of them together."""
+
+    def update(updates, state, params=None):
+        del params
+
+        def clip(g):
+            return g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g.ravel()) + 1e-6))
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def never_zero_grad() -> optax.GradientTransformation:
+    """Reproduces a quirk of the released CASS loop: `zero_grad()` is never called, so each step's
+    gradient is the sum of all gradients so far (methods.md §4.3). Off by default; for parity runs only."""
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params)
+
+    def update(updates, total, params=None):
+        del params
+        total = jax.tree.map(jnp.add, total, updates)
+        return total, total
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, schedule: optax.Schedule, total_steps: int = 1
+) -> optax.GradientTransformation:
+    """`config.optim.name`: lars | sgd | adam (coupled L2, as torch Adam) | adamw; then optional
+    clipping (`grad_clip_norm`, `grad_clip_mode` "global" or "per_param") applied first."""
+    wd = weight_decay_schedule(cfg, total_steps)
     if cfg.name == "lars":
         tx = optax.lars(
             schedule,
@@ -70,8 +137,26 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
             f"config.optim.name={cfg.name!r}: expected one of 'lars', 'sgd', 'adam', 'adamw'."
         )
     if cfg.grad_clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+        mode = cfg.get("grad_clip_mode", "global")
+        if mode not in ("global", "per_param"):
+            raise ConfigError(
+                f"config.optim.grad_clip_mode={mode!r}: expected 'global' or 'per_param'."
+            )
+        clip = optax.clip_by_global_norm if mode == "global" else clip_per_parameter
+        tx = optax.chain(clip(cfg.grad_clip_norm), tx)
+    if cfg.get("never_zero_grad", False):
+        tx = optax.chain(never_zero_grad(), tx)
     return tx
+
+
+def per_branch(tx: optax.GradientTransformation, branches: tuple[str, ...]):
+    """One independent optimizer per top-level sub-tree (CASS: one per network, as two torch
+    optimizers): separate moments, clipping and trust ratios."""
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
+
+    return optax.multi_transform({b: tx for b in branches}, labels)
 
 
 def for_run(
@@ -89,4 +174,5 @@ def for_run(
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
     )
-    return make_optimizer(config.optim, schedule), schedule, total_steps, steps_per_epoch
+    tx = make_optimizer(config.optim, schedule, total_steps)
+    return tx, schedule, total_steps, steps_per_epoch

@@ -41,8 +41,12 @@ def fresh(tree: Any) -> Any:
     return jax.tree.map(lambda x: x, tree)
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    return nnx.split(model, nnx.Param, ...)
+def split_model(
+    model: nnx.Module, trainable: nnx.filterlib.Filter = nnx.Param
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, params, model_state): `trainable` picks what the optimizer updates (default: every
+    `nnx.Param`; DINO passes the student's only, so its EMA teacher rides in `model_state`)."""
+    return nnx.split(model, trainable, ...)
 
 
 def initializer(
@@ -50,6 +54,7 @@ def initializer(
     tx: optax.GradientTransformation,
     seed: int,
     mesh: Mesh,
+    trainable: nnx.filterlib.Filter = nnx.Param,
 ) -> tuple[nnx.GraphDef, Callable[[], TrainState], Any]:
     """Returns (graphdef, init, abstract_state) without allocating anything yet.
 
@@ -63,7 +68,7 @@ def initializer(
     def init_fn(rng):
         model_rng, state_rng = jax.random.split(rng)
         model = build_model(nnx.Rngs(model_rng))
-        _, params, model_state = split_model(model)
+        _, params, model_state = split_model(model, trainable)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -72,7 +77,7 @@ def initializer(
             rng=state_rng,
         )
 
-    graphdef = split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(0))))[0]
+    graphdef = split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(0))), trainable)[0]
     shapes = jax.eval_shape(init_fn, rng)
     shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
     abstract_state = jax.tree.map(

@@ -156,3 +156,40 @@ class OneView(grain.transforms.RandomMap):
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         return {"image": random_view(element["image"], rng, self.cfg), "label": element["label"]}
+
+
+class MultiCrop(grain.transforms.RandomMap):
+    """Grain transform for DINO: record -> {"global": (G, S, S, C), "local": (L, s, s, C), "label",
+    "index"}: G global crops (`global_crop_scale`, `image_size`) and L local crops (`local_crop_scale`,
+    `local_image_size`), each with the SimCLR colour/blur recipe of `cfg`.
+
+    Blur probability per crop follows official DINO (global 1: `global_blur_prob[0]`, global 2:
+    `[1]`, locals: `local_blur_prob`); DINO's solarisation of the second global crop is not done.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        def crop_cfg(size: int, scale, blur: float) -> ml_collections.ConfigDict:
+            c = ml_collections.ConfigDict(cfg.to_dict())
+            c.update(image_size=int(size), crop_scale=tuple(scale), blur_prob=float(blur))
+            return c
+
+        blur = tuple(cfg.global_blur_prob)
+        self.globals = [
+            crop_cfg(cfg.image_size, cfg.global_crop_scale, blur[min(i, len(blur) - 1)])
+            for i in range(cfg.num_global_crops)
+        ]
+        self.local = crop_cfg(cfg.local_image_size, cfg.local_crop_scale, cfg.local_blur_prob)
+        self.num_local = int(cfg.num_local_crops)
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        image = element["image"]
+        out = {
+            "global": np.stack([random_view(image, rng, c) for c in self.globals]),
+            "label": element["label"],
+            "index": element["index"],
+        }
+        if self.num_local:
+            out["local"] = np.stack(
+                [random_view(image, rng, self.local) for _ in range(self.num_local)]
+            )
+        return out

@@ -1,4 +1,5 @@
-"""NT-Xent, the SimCLR contrastive loss (methods.md §6.1).
+"""Losses between embeddings of positive pairs: NT-Xent (SimCLR, methods.md §6.1) and the normalised
+regression loss `2 - 2 cos` (BYOL; CASS, methods.md §4.3).
 
 Called on the *global* batch: under `jax.jit` with a data-sharded batch, `z1 @ z.T` is computed over all
 devices' rows, so every anchor sees the negatives of every replica (the official code's cross-replica concat)
@@ -13,6 +14,18 @@ import jax.numpy as jnp
 _LARGE_NUM = 1e9
 
 
+def l2_normalize(z: jax.Array) -> jax.Array:
+    """Rows scaled to unit norm, in at least float32 (the losses never run in bf16)."""
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
+    return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+
+
+def embedding_std(z: jax.Array) -> jax.Array:
+    """Collapse monitor: mean per-dimension std of L2-normalised embeddings, ~1/sqrt(D) when spread
+    out, -> 0 when all rows coincide."""
+    return jnp.mean(jnp.std(l2_normalize(z), axis=0))
+
+
 def nt_xent(
     z1: jax.Array, z2: jax.Array, temperature: float
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -23,9 +36,7 @@ def nt_xent(
     the official TF code returns the sum of the two directions' means, i.e. twice this value.
     Computed in float32 (float64 if given float64) whatever the compute dtype. Returns (loss, {"contrastive_acc"}).
     """
-    z = jnp.concatenate([z1, z2], axis=0)
-    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
-    z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
+    z = l2_normalize(jnp.concatenate([z1, z2], axis=0))
     n2 = z.shape[0]
     n = n2 // 2
     logits = (z @ z.T) / temperature
@@ -37,3 +48,13 @@ def nt_xent(
     loss = -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
     acc = jnp.mean(jnp.sum(targets * (logits >= jnp.max(logits, axis=-1, keepdims=True)), axis=-1))
     return loss, {"contrastive_acc": acc}
+
+
+def cosine_regression(z1: jax.Array, z2: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CASS's loss: mean over rows of `2 - 2 cos(z1_i, z2_i)` (= ||ẑ1 - ẑ2||²), gradients into both.
+
+    No stop-gradient, negatives or predictor: CASS relies on the two architectures differing to avoid
+    collapse. Returns (loss, {"branch_cosine": mean cosine}).
+    """
+    cos = jnp.sum(l2_normalize(z1) * l2_normalize(z2), axis=-1)
+    return jnp.mean(2.0 - 2.0 * cos), {"branch_cosine": jnp.mean(cos)}

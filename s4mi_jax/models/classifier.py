@@ -1,5 +1,5 @@
 """An encoder with a linear classification head: the model of supervised training, linear probing and
-fine-tuning. The encoder sub-tree has the same names as in `SimCLRModel`, so pretrained weights transfer by
+fine-tuning. The encoder sub-tree has the same names as in `EncoderWithHead`, so pretrained weights transfer by
 copying the `encoder` sub-state."""
 
 from __future__ import annotations

@@ -75,3 +75,18 @@ class ProjectionHead(nnx.Module):
             x = nnx.relu(x).astype(self.dtype)
         x = self.layers[-1](x)
         return x.astype(at_least_float32(x.dtype))
+
+
+class EncoderWithHead(nnx.Module):
+    """An encoder and a head as one module, returning both features (kept for probing and fine-tuning)
+    and head outputs (for the loss): SimCLR's model, DINO's student and teacher, CASS's two branches."""
+
+    def __init__(self, encoder: nnx.Module, head: nnx.Module):
+        self.encoder = encoder
+        self.head = head
+        self.feature_dim: int = encoder.feature_dim
+
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """NHWC images -> ((N, feature_dim), (N, head_dim)), both float32; `rng`: see build_encoder."""
+        features = self.encoder(x, rng)
+        return features, self.head(features)

@@ -229,8 +229,10 @@ class ResNet(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.feature_dim: int = in_ch
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """NHWC images -> (N, feature_dim) float32 features."""
+    def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """NHWC images -> (N, feature_dim) float32 features. `rng` is unused (every encoder takes one:
+        ViTs use it for drop-path)."""
+        del rng
         x = jnp.asarray(x, self.dtype)
         x = nnx.relu(self.stem_bn(self.stem_conv(x))).astype(self.dtype)
         if self.stem == "imagenet":

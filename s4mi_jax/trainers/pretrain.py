@@ -1,0 +1,225 @@
+"""The self-supervised pretraining run shared by SimCLR, DINO and CASS: data, state, loop, probe.
+
+A method supplies only what differs (`Method`: its model, train step, views and which encoders to probe);
+data splitting, resume, checkpointing, logging and the closing linear probe are written once here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from s4mi_jax.core import optim, sharding, train_state
+from s4mi_jax.core.checkpoint import Checkpointer
+from s4mi_jax.core.loop import log, train_loop
+from s4mi_jax.core.metric_writer import (
+    MetricWriter,
+    prepare_workdir,
+    run_environment,
+    write_json,
+)
+from s4mi_jax.data import manifests, pipeline
+from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source, source_keys
+from s4mi_jax.errors import DataError
+from s4mi_jax.evaluators import features
+from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
+
+# (graphdef, tx, total_steps, steps_per_epoch) -> the pure step (state, batch, rng) -> (state, metrics).
+MakeStep = Callable[[nnx.GraphDef, optax.GradientTransformation, int, int], Callable]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    build_model: Callable[[nnx.Rngs, int], nnx.Module]  # (rngs, in_channels) -> model
+    make_step: MakeStep
+    transform: grain.transforms.RandomMap  # record -> the batch fields the step reads
+    views_per_image: int  # images through the network per example (throughput accounting)
+    # Encoders to linear-probe at the end: results key suffix -> getter ("" -> "linear_probe").
+    probes: dict[str, Callable[[nnx.Module], nnx.Module]]
+    trainable: nnx.filterlib.Filter = nnx.Param
+    wrap_tx: Callable[[optax.GradientTransformation], optax.GradientTransformation] = lambda tx: tx
+
+
+def load_data(config: ml_collections.ConfigDict):
+    """(pretraining source, probe train source, probe test source), or probe sources None.
+
+    The split is the classification manifest's at 100% labels (same `data.split_seed`, `val_fraction`,
+    `test_fraction`), so pretraining never sees a validation or test patient of the label-fraction
+    experiments that start from it; the probe trains on the training pool and tests on the test split.
+    """
+    source = open_source(config.data.root, channels=config.data.channels, verify=config.data.verify)
+    labeled = is_labeled(source.labels)
+    if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
+        return source, None, None
+    manifest = manifests.make_manifest(
+        source_keys(source),
+        source.labels,
+        source.groups,
+        fraction=1.0,
+        seed=config.seed,
+        split_seed=config.data.split_seed,
+        val_fraction=config.data.val_fraction,
+        test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
+    )
+    pretrain = SubsetSource(source, np.union1d(manifest.train_pool, manifest.unlabeled))
+    if config.data.eval_root:
+        test = open_source(
+            config.data.eval_root, channels=source.channels, verify=config.data.verify
+        )
+        test_labeled = np.flatnonzero(is_labeled(test.labels))
+        if len(test_labeled) == 0:
+            raise DataError(
+                f"config.data.eval_root={config.data.eval_root}: no labeled images "
+                "(a labels.csv with filename,label is needed for the linear probe)."
+            )
+        probe_test = SubsetSource(test, test_labeled)
+    else:
+        probe_test = SubsetSource(source, manifest.test)
+    return pretrain, SubsetSource(source, manifest.train), probe_test
+
+
+def linear_probe(
+    config, graphdef, state, probe_train, probe_test, mesh, encoder=lambda m: m.encoder
+) -> dict[str, float]:
+    """L-BFGS logistic regression on frozen `encoder` features (BatchNorm running statistics)."""
+    embed = features.make_embed_fn(graphdef, encoder)
+    kw = dict(batch_size=config.eval.batch_size, mesh=mesh)
+    train_x, train_y = features.extract(
+        embed, state.params, state.model_state, probe_train, config.aug, **kw
+    )
+    test_x, test_y = features.extract(
+        embed, state.params, state.model_state, probe_test, config.aug, **kw
+    )
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return evaluate_linear_probe(train_x, train_y, test_x, test_y, num_classes, l2=config.eval.l2)
+
+
+def _probe_all(config, method, graphdef, state, probe_train, probe_test, mesh, prefix):
+    out = {}
+    for suffix, encoder in method.probes.items():
+        key = prefix + (f"_{suffix}" if suffix else "")
+        out[key] = linear_probe(config, graphdef, state, probe_train, probe_test, mesh, encoder)
+        log(f"{key} ({method.name}{' ' + suffix if suffix else ''}): {_fmt(out[key])}")
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict:
+    """Pretrain with `method`, resuming `workdir` if it holds a checkpoint; returns results.json's dict."""
+    t_start = time.time()
+    # Validates the data before anything is written.
+    source, probe_train, probe_test = load_data(config)
+    mesh = sharding.make_mesh(config.mesh)
+    local_batch = sharding.check_batch_size(config.batch_size, mesh)
+    if len(source) < config.batch_size:
+        raise DataError(
+            f"{len(source)} training images in {source.root} is fewer than "
+            f"config.batch_size={config.batch_size}."
+        )
+    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, len(source))
+    tx = method.wrap_tx(tx)
+    graphdef, init, abstract_state = train_state.initializer(
+        lambda rngs: method.build_model(rngs, source.channels),
+        tx,
+        config.seed,
+        mesh,
+        trainable=method.trainable,
+    )
+    step_fn = train_state.jit_step(
+        method.make_step(graphdef, tx, total_steps, steps_per_epoch),
+        train_state.shardings_of(abstract_state),
+        mesh,
+    )
+    data_iter = pipeline.train_iterator(
+        source,
+        method.transform,
+        batch_size=local_batch,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    prepare_workdir(workdir, config)
+    checkpointer = Checkpointer.for_run(workdir, config)
+    resume_step = checkpointer.latest_step()
+    results = {}
+    init_path = os.path.join(workdir, "probe_at_init.json")
+    probing = config.eval.linear_probe and probe_train is not None
+    if resume_step is not None:
+        state = checkpointer.restore(abstract_state, data_iter)
+        log(f"resumed from step {resume_step} in {checkpointer.directory}")
+        if os.path.exists(init_path):
+            with open(init_path) as f:
+                results.update(json.load(f))
+    else:
+        state = init()
+        if probing and config.eval.probe_at_init:
+            # The random-init encoder: the baseline pretraining must beat.
+            results.update(
+                _probe_all(
+                    config, method, graphdef, state, probe_train, probe_test, mesh, "probe_at_init"
+                )
+            )
+            write_json(init_path, results)
+
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(
+        f"{method.name}: {len(source)} images, {config.model.name} ({n_params / 1e6:.2f}M trained "
+        f"params), global batch {config.batch_size} on {mesh.devices.size} device(s), "
+        f"{total_steps} steps ({steps_per_epoch} per epoch)"
+    )
+    writer = MetricWriter(workdir, resume_step=resume_step)
+    state, preempted = train_loop(
+        config,
+        train_step=step_fn,
+        state=state,
+        data_iter=data_iter,
+        mesh=mesh,
+        checkpointer=checkpointer,
+        writer=writer,
+        total_steps=total_steps,
+        images_per_step=method.views_per_image * config.batch_size,
+        schedule=schedule,
+    )
+    checkpointer.close()
+    if preempted:
+        writer.close()
+        return {}
+
+    results.update(
+        step=int(state.step),
+        train_images=len(source),
+        wall_time_s=time.time() - t_start,  # This invocation only (a resumed run counts its part).
+        environment=run_environment(),
+    )
+    if probing:
+        probes = _probe_all(
+            config, method, graphdef, state, probe_train, probe_test, mesh, "linear_probe"
+        )
+        results.update(probes)
+        for key, metrics in probes.items():
+            name = key.replace("linear_probe", "probe")
+            writer.write(int(state.step), {f"eval/{name}_{k}": v for k, v in metrics.items()})
+    writer.close()
+    write_json(os.path.join(workdir, "results.json"), results)
+    return results
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "num_train", "num_test")
+    return ", ".join(
+        f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+        for k in keys
+        if k in metrics
+    )
