@@ -45,6 +45,76 @@ def aug_config(image_size: int) -> ml_collections.ConfigDict:
     )
 
 
+def encoder_config(name: str = "resnet18", **kw) -> ml_collections.ConfigDict:
+    """Every encoder's fields, so `--config.model.name=vit_small` and friends work on any config.
+
+    ResNets read width/stem; ViTs read patch_size/image_size (the position-embedding grid; other sizes
+    are interpolated) and, for name="vit", embed_dim/depth/num_heads (presets vit_tiny/small/base fix
+    them). drop_path is ViT stochastic depth. dtype: float32 | bfloat16 (params stay float32) | float64.
+    """
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name=name,
+            dtype="float32",
+            width=16,
+            stem="imagenet",
+            patch_size=16,
+            image_size=224,
+            embed_dim=192,
+            depth=12,
+            num_heads=3,
+            mlp_ratio=4.0,
+            drop_path=0.0,
+        )
+    )
+    cfg.update(kw)
+    return cfg
+
+
+def optim_config(name: str, base_lr: float, **kw) -> ml_collections.ConfigDict:
+    """`config.optim`: every optimizer's fields (s4mi_jax/core/optim.py says what each does)."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name=name,  # lars | sgd | adam (coupled L2, as torch Adam) | adamw
+            base_lr=base_lr,
+            lr_scaling="none",  # linear (x B/256) | sqrt (x sqrt(B)) | none
+            weight_decay=0.0,
+            weight_decay_end=ml_collections.config_dict.placeholder(float),  # cosine to it (DINO)
+            momentum=0.9,
+            nesterov=False,
+            trust_coefficient=0.001,  # LARS
+            schedule="warmup_cosine",  # or "periodic_cosine" (cosine_period_steps = torch's T_max)
+            warmup_epochs=0.0,
+            min_lr=0.0,
+            cosine_period_steps=16,
+            grad_clip_norm=0.0,  # 0: no clipping
+            grad_clip_mode="global",  # or "per_param" (official DINO)
+            never_zero_grad=False,  # Reproduce the released CASS loop's gradient accumulation.
+        )
+    )
+    cfg.update(kw)
+    return cfg
+
+
+def pretrain_data_config() -> ml_collections.ConfigDict:
+    """`config.data` of the self-supervised configs."""
+    placeholder = ml_collections.config_dict.placeholder
+    return ml_collections.ConfigDict(
+        dict(
+            root=placeholder(str),  # Folder (images/ + labels.csv) or .npz; None = embedded sample.
+            eval_root=placeholder(str),  # Optional labeled folder for the probe's test split.
+            channels=placeholder(int),  # None: as stored (1 for grayscale X-rays).
+            verify=True,  # Check every file before training (fails early on a corrupt image).
+            num_workers=0,  # Grain worker processes for augmentation (0: threads in this process).
+            # Patient-grouped, stratified val/test splits, as in the classification configs:
+            # pretraining excludes both; the linear probe tests on `test`.
+            split_seed=0,
+            val_fraction=0.1,
+            test_fraction=0.2,
+        )
+    )
+
+
 def run_config() -> ml_collections.ConfigDict:
     """Loop, checkpoint and mesh settings."""
     return ml_collections.ConfigDict(
@@ -74,16 +144,21 @@ def run_config() -> ml_collections.ConfigDict:
 def classification_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     """Supervised / linear-probe / fine-tune classification on chest X-rays at a label fraction.
 
-    Variants: `local` (tiny and fast: tests, the CPU sweep); `label_fraction=0.1,seed=2` style arguments.
+    Variants: `local` (tiny and fast: tests, the CPU sweep); `reference` (the S4MI/CASS fine-tuning
+    recipe, methods.md §4.1/§4.3: sigmoid focal loss with min-max class weights, Adam 3e-4, periodic
+    per-iteration cosine T_max=16 to 1e-6, batch 16); `label_fraction=0.1,seed=2` style arguments.
     """
     placeholder = ml_collections.config_dict.placeholder
-    arg = parse_arg(arg, local=False, label_fraction=1.0, seed=0)
+    arg = parse_arg(arg, local=False, reference=False, label_fraction=1.0, seed=0)
     config = run_config()
     config.trainer = "classify"
     config.method = method  # supervised | linear_probe | finetune
     config.init_from = placeholder(
         str
     )  # Pretraining workdir (or checkpoints/<step>) to start from.
+    # Which encoder of `init_from`: None = its only one (SimCLR) or DINO's teacher; CASS: "cnn/encoder"
+    # or "vit/encoder" (then set config.model to that branch's architecture).
+    config.init_encoder = placeholder(str)
     config.label_fraction = arg.label_fraction
     config.seed = arg.seed  # Picks the labeled subset and initialises the model.
     config.data = dict(
@@ -104,19 +179,10 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
         blur_prob=0.0,
         grayscale_prob=0.0,
     )
-    config.model = dict(name="resnet18", width=16, stem="imagenet", dtype="float32")
+    config.model = encoder_config("resnet18", width=16)
+    config.model.image_size = config.aug.get_ref("image_size")
     config.loss = dict(name="cross_entropy", class_weights="none")  # or focal / reference weights.
-    config.optim = dict(
-        name="adam",
-        base_lr=1e-3,
-        lr_scaling="none",
-        weight_decay=0.0,
-        momentum=0.9,
-        nesterov=False,
-        trust_coefficient=0.001,
-        warmup_epochs=1.0,
-        grad_clip_norm=0.0,
-    )
+    config.optim = optim_config("adam", 1e-3, warmup_epochs=1.0)
     if method == "linear_probe":
         config.optim.update(name="sgd", base_lr=0.1, nesterov=True)  # SimCLR's linear evaluation.
     if method == "finetune":
@@ -128,6 +194,17 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
     config.select_metric = "auroc"
     config.ckpt_every = 200
     config.eval = dict(batch_size=128, bootstrap=1000)
+    if arg.reference:
+        config.loss.update(name="focal", class_weights="reference")
+        config.optim.update(
+            name="adam",
+            base_lr=3e-4,
+            weight_decay=0.0,
+            schedule="periodic_cosine",
+            cosine_period_steps=16,
+            min_lr=1e-6,
+        )
+        config.batch_size = 16
     if arg.local:
         config.model.width = 8
         config.aug.image_size = 32

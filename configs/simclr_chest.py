@@ -11,7 +11,6 @@ wd 1e-6, τ 0.1, 100 epochs with 10 warm-up epochs, bf16 compute (SimCLR paper, 
 """
 
 import ml_collections
-from ml_collections.config_dict import placeholder
 
 from configs import common
 
@@ -21,39 +20,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.run_config()
     config.trainer = "simclr"
 
-    config.data = dict(
-        root=placeholder(str),  # Folder (images/ + labels.csv) or .npz; None = embedded sample.
-        eval_root=placeholder(str),  # Optional labeled folder for the probe's test split.
-        channels=placeholder(int),  # None: as stored (1 for grayscale X-rays).
-        verify=True,  # Check every file before training (fails early on a corrupt image).
-        num_workers=0,  # Grain worker processes for augmentation (0: threads in this process).
-        # Patient-grouped, stratified val/test splits, as in the classification configs: pretraining
-        # excludes both; the linear probe tests on `test`.
-        split_seed=0,
-        val_fraction=0.1,
-        test_fraction=0.2,
-    )
+    config.data = common.pretrain_data_config()
     config.aug = common.aug_config(image_size=64)
-    config.model = dict(
-        name="resnet18",
-        width=16,
-        stem="imagenet",
-        dtype="float32",
-        proj_hidden_dim=128,
-        proj_out_dim=64,
-        proj_layers=2,
-    )
+    config.model = common.encoder_config("resnet18", width=16)
+    config.model.update(proj_hidden_dim=128, proj_out_dim=64, proj_layers=2)
+    config.model.image_size = config.aug.get_ref("image_size")
     config.loss = dict(temperature=0.2)
-    config.optim = dict(
-        name="lars",
-        base_lr=0.075,  # x sqrt(batch): SimCLR's recommendation for small batches (paper App. B.1).
-        lr_scaling="sqrt",
-        weight_decay=1e-6,
-        momentum=0.9,
-        nesterov=False,
-        trust_coefficient=0.001,
-        warmup_epochs=5.0,
-        grad_clip_norm=0.0,
+    # base_lr x sqrt(batch): SimCLR's recommendation for small batches (paper App. B.1).
+    config.optim = common.optim_config(
+        "lars", 0.075, lr_scaling="sqrt", weight_decay=1e-6, warmup_epochs=5.0
     )
     config.batch_size = 64
     config.total_epochs = 200.0

@@ -63,8 +63,8 @@ def test_finetune_init_loads_exact_pretrained_encoder(pretrain_dir):
         lambda rngs: build_classifier(config.model, 1, 2, rngs), tx, 0, mesh
     )
     fresh = init()
-    loaded, step = pretrained.load_encoder(fresh, pretrain_dir)
-    assert step == 3
+    loaded, source, step = pretrained.load_encoder(fresh, pretrain_dir)
+    assert (source, step) == ("encoder", 3)
     raw = _raw_state(pretrain_dir)
     for tree, raw_tree in (
         (loaded.params, raw["params"]),

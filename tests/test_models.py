@@ -14,9 +14,9 @@ from flax import nnx
 
 from s4mi_jax.errors import ConfigError
 from s4mi_jax.models import (
+    EncoderWithHead,
     ProjectionHead,
     ResNet,
-    SimCLRModel,
     build_encoder,
     build_simclr_model,
     resnet18,
@@ -234,7 +234,7 @@ def test_projection_head_layers():
 def test_simclr_model_shapes(proj_layers):
     cfg = _model_cfg(proj_layers=proj_layers)
     model = build_simclr_model(cfg, in_channels=1, rngs=nnx.Rngs(0))
-    assert isinstance(model, SimCLRModel)
+    assert isinstance(model, EncoderWithHead)
     assert model.feature_dim == 8 * WIDTH
     assert len(model.head.layers) == proj_layers
     model.train()

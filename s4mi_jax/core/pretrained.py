@@ -3,6 +3,10 @@
 Reads the checkpoint without a target (plain arrays, no need to rebuild the pretraining optimizer) and
 copies every `encoder` parameter and BatchNorm statistic into the new state after checking its name and
 shape, so a checkpoint from a different architecture fails with the first mismatched parameter named.
+
+Which encoder of the checkpoint (`config.init_encoder`): SimCLR's `encoder`, DINO's `teacher/encoder`
+(or `student/encoder`), CASS's `cnn/encoder` or `vit/encoder`. Unset, the only candidate is taken (DINO:
+the teacher, as official DINO evaluates it); CASS has two, so it must be named.
 """
 
 from __future__ import annotations
@@ -41,15 +45,55 @@ def _key(entry) -> str:
     return str(entry)
 
 
+def _merge(a: Any, b: Any) -> Any:
+    """Deep union of two nested dicts (parameters and model state hold disjoint leaves)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return b if a is None or a == {} else a
+    return {k: _merge(a.get(k), b.get(k)) for k in {**a, **b}}
+
+
+def _encoders(tree: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """Paths of every `encoder` sub-tree in the checkpoint, e.g. ["cnn/encoder", "vit/encoder"]."""
+    if not isinstance(tree, dict):
+        return []
+    if "encoder" in tree:
+        return ["/".join((*path, "encoder"))]
+    return [e for k, v in sorted(tree.items()) for e in _encoders(v, (*path, str(k)))]
+
+
+def _source(full: dict, init_from: str, init_encoder: str | None) -> tuple[str, dict]:
+    candidates = _encoders(full)
+    if init_encoder is None:
+        preferred = [c for c in ("encoder", "teacher/encoder") if c in candidates]
+        if preferred:
+            init_encoder = preferred[0]
+        elif len(candidates) == 1:
+            init_encoder = candidates[0]
+        else:
+            raise ConfigError(
+                f"config.init_from={init_from} holds encoders {candidates}: choose one with "
+                "config.init_encoder."
+            )
+    if init_encoder not in candidates:
+        raise ConfigError(
+            f"config.init_encoder={init_encoder!r} is not in {init_from}; it holds {candidates}."
+        )
+    node = full
+    for k in init_encoder.split("/"):
+        node = node[k]
+    return init_encoder, node
+
+
 def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
-    """`target` with every leaf under `prefix` replaced by the matching checkpoint array."""
+    """`target` with every leaf under `prefix` replaced by the matching array of `raw` (the source
+    encoder's tree)."""
 
     def leaf(path, x):
         keys = [_key(p) for p in path]
         if keys[0] != prefix:
             return x
         node = raw
-        for k in keys:
+        for k in keys[1:]:
             if not isinstance(node, dict) or k not in node:
                 raise ConfigError(
                     f"config.init_from={init_from}: parameter {'/'.join(keys[:-1])} is not in the "
@@ -69,13 +113,15 @@ def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
 
 
 def load_encoder(
-    state: TrainState, init_from: str, prefix: str = "encoder"
-) -> tuple[TrainState, int]:
-    """Returns (state with the pretrained encoder, the checkpoint step it came from)."""
+    state: TrainState, init_from: str, init_encoder: str | None = None, prefix: str = "encoder"
+) -> tuple[TrainState, str, int]:
+    """Returns (state with the pretrained encoder at `prefix`, the source path, the checkpoint step)."""
     directory, step = resolve(init_from)
     manager = ocp.CheckpointManager(directory)
     raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     manager.close()
-    params = _copy_subtree(state.params, raw["params"], prefix, init_from)
-    model_state = _copy_subtree(state.model_state, raw["model_state"], prefix, init_from)
-    return state.replace(params=params, model_state=model_state), step
+    full = _merge(raw["params"], raw["model_state"])
+    name, source = _source(full, init_from, init_encoder)
+    params = _copy_subtree(state.params, source, prefix, init_from)
+    model_state = _copy_subtree(state.model_state, source, prefix, init_from)
+    return state.replace(params=params, model_state=model_state), name, step

@@ -216,9 +216,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         state = init()
         if config.init_from:
-            state, init_step = pretrained.load_encoder(state, config.init_from)
-            write_json(init_path, {"init_from": config.init_from, "step": init_step})
-            log(f"encoder initialised from {config.init_from} (step {init_step})")
+            state, encoder_path, init_step = pretrained.load_encoder(
+                state, config.init_from, config.get("init_encoder")
+            )
+            write_json(
+                init_path,
+                {"init_from": config.init_from, "encoder": encoder_path, "step": init_step},
+            )
+            log(f"encoder initialised from {config.init_from}: {encoder_path} (step {init_step})")
     best = {"value": -np.inf, "step": None}
     if resume_step is not None and os.path.exists(best_path):
         best = _read_json(best_path)
