@@ -123,6 +123,7 @@ def make_train_step(
 def method(config: ml_collections.ConfigDict) -> pretrain.Method:
     return pretrain.Method(
         name="DINO",
+        model_name=config.model.name,
         build_model=lambda rngs, channels: build_dino_model(config.model, channels, rngs),
         make_step=lambda graphdef, tx, total, per_epoch: make_train_step(
             graphdef, tx, config, total, per_epoch

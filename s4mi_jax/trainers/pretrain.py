@@ -41,6 +41,7 @@ MakeStep = Callable[[nnx.GraphDef, optax.GradientTransformation, int, int], Call
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
+    model_name: str  # For the log line.
     build_model: Callable[[nnx.Rngs, int], nnx.Module]  # (rngs, in_channels) -> model
     make_step: MakeStep
     transform: grain.transforms.RandomMap  # record -> the batch fields the step reads
@@ -175,7 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(
-        f"{method.name}: {len(source)} images, {config.model.name} ({n_params / 1e6:.2f}M trained "
+        f"{method.name}: {len(source)} images, {method.model_name} ({n_params / 1e6:.2f}M trained "
         f"params), global batch {config.batch_size} on {mesh.devices.size} device(s), "
         f"{total_steps} steps ({steps_per_epoch} per epoch)"
     )

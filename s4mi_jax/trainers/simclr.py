@@ -54,6 +54,7 @@ def make_train_step(
 def method(config: ml_collections.ConfigDict) -> pretrain.Method:
     return pretrain.Method(
         name="SimCLR",
+        model_name=config.model.name,
         build_model=lambda rngs, channels: build_simclr_model(config.model, channels, rngs),
         make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx, config.loss.temperature),
         transform=augment.TwoViews(config.aug),
