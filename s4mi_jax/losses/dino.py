@@ -68,12 +68,12 @@ def teacher_temperature(
 ) -> jax.Array:
     """Linear warm-up of the teacher temperature from `warmup_temp` to `temp`, then constant."""
     if warmup_steps <= 0:
-        return jnp.asarray(temp, jnp.float32)
+        return jnp.asarray(temp)
     frac = jnp.clip(step / warmup_steps, 0.0, 1.0)
-    return jnp.asarray(warmup_temp + frac * (temp - warmup_temp), jnp.float32)
+    return warmup_temp + frac * (temp - warmup_temp)
 
 
 def teacher_momentum(step: jax.Array, base: float, total_steps: int) -> jax.Array:
     """Cosine from `base` at step 0 to 1 at `total_steps` (official `cosine_scheduler(m, 1, ...)`)."""
     frac = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
-    return jnp.asarray(1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0, jnp.float32)
+    return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from s4mi_jax.losses.contrastive import l2_normalize
-from s4mi_jax.models.dtypes import param_dtype_for, parse_dtype
+from s4mi_jax.models.dtypes import at_least_float32, param_dtype_for, parse_dtype
 from s4mi_jax.models.heads import EncoderWithHead
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
@@ -35,15 +35,16 @@ class WeightNormLinear(nnx.Module):
     """
 
     def __init__(self, d_in: int, d_out: int, norm_last_layer: bool, param_dtype: Any, rngs):
+        self.dtype = at_least_float32(param_dtype)  # Normalised in full precision.
         self.kernel = nnx.Param(_trunc(rngs.params(), (d_in, d_out), param_dtype))
         self.scale = None if norm_last_layer else nnx.Param(jnp.ones((d_out,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        v = self.kernel[...].astype(jnp.float32)
+        v = self.kernel[...].astype(self.dtype)
         w = v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=0, keepdims=True), 1e-24))
         if self.scale is not None:
             w = w * self.scale[...]
-        return x.astype(jnp.float32) @ w
+        return x.astype(self.dtype) @ w
 
 
 class DinoHead(nnx.Module):
@@ -84,10 +85,12 @@ class DinoHead(nnx.Module):
 
 
 class DinoModel(nnx.Module):
-    def __init__(self, student: EncoderWithHead, teacher: EncoderWithHead, out_dim: int):
+    def __init__(
+        self, student: EncoderWithHead, teacher: EncoderWithHead, out_dim: int, dtype: Any
+    ):
         self.student = student
         self.teacher = teacher
-        self.center = Center(jnp.zeros((out_dim,), jnp.float32))
+        self.center = Center(jnp.zeros((out_dim,), at_least_float32(dtype)))
 
 
 def build_dino_model(model_cfg: Any, in_channels: int, rngs: nnx.Rngs) -> DinoModel:
@@ -115,4 +118,4 @@ def build_dino_model(model_cfg: Any, in_channels: int, rngs: nnx.Rngs) -> DinoMo
     student = net(rngs)
     teacher = net(nnx.Rngs(0))
     nnx.update(teacher, nnx.state(student))
-    return DinoModel(student, teacher, int(model_cfg.head_out_dim))
+    return DinoModel(student, teacher, int(model_cfg.head_out_dim), dtype)

@@ -36,8 +36,10 @@ def _linear(d_in: int, d_out: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rn
 
 
 def _layer_norm(dim: int, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Normalisation statistics in float32 even under bf16 compute.
-    return nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+    # Normalisation statistics in (at least) float32 even under bf16 compute.
+    return nnx.LayerNorm(
+        dim, epsilon=1e-6, dtype=at_least_float32(param_dtype), param_dtype=param_dtype, rngs=rngs
+    )
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
