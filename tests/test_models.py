@@ -264,3 +264,48 @@ def test_bad_config_raises_config_error(overrides, key):
         build_encoder(_model_cfg(**overrides), 3, nnx.Rngs(0))
     if key == "model.name":
         assert "resnet18" in str(info.value) and "resnet50" in str(info.value)
+
+
+def _vit(**kw):
+    cfg = ml_collections.ConfigDict(
+        dict(name="vit", patch_size=8, image_size=32, embed_dim=32, depth=2, num_heads=4)
+    )
+    cfg.update(kw)
+    return build_encoder(cfg, 1, nnx.Rngs(0))
+
+
+def test_vit_small_matches_timm_parameter_count():
+    cfg = ml_collections.ConfigDict(dict(name="vit_small", patch_size=16, image_size=224))
+    model = nnx.eval_shape(lambda: build_encoder(cfg, 3, nnx.Rngs(0)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    # timm vit_small_patch16_224: 22,050,664 parameters, of which the 1000-way head has 385,000.
+    assert n == 22_050_664 - 385_000
+    assert model.feature_dim == 384
+
+
+def test_vit_interpolates_position_embeddings_and_drop_path_is_opt_in():
+    model = _vit(drop_path=0.5)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 1)), jnp.float32)
+    pos = model.pos_embed[...]
+    np.testing.assert_array_equal(model.position_embedding(4, 4), pos)  # The native grid: as is.
+    assert model.position_embedding(2, 6).shape == (1, 13, 32)
+    np.testing.assert_array_equal(model.position_embedding(2, 6)[:, 0], pos[:, 0])  # CLS kept.
+    assert model(jnp.zeros((2, 16, 48, 1))).shape == (2, 32)  # Local-crop sizes run as well.
+    # No key: deterministic. A key: stochastic depth, different per key.
+    np.testing.assert_array_equal(model(x), model(x))
+    a, b = model(x, jax.random.key(0)), model(x, jax.random.key(1))
+    assert float(jnp.abs(a - b).max()) > 1e-4
+    assert float(jnp.abs(_vit(drop_path=0.0)(x, jax.random.key(0)) - _vit()(x)).max()) == 0.0
+    with pytest.raises(ValueError, match="patch_size"):
+        model(jnp.zeros((1, 30, 30, 1)))
+
+
+def test_vit_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="config.model.num_heads"):
+        build_encoder(
+            ml_collections.ConfigDict(dict(name="vit", embed_dim=32, depth=1, num_heads=None)),
+            1,
+            nnx.Rngs(0),
+        )
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        _vit(image_size=30)

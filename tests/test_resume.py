@@ -1,5 +1,6 @@
 """Resume and determinism: a run stopped halfway and restarted ends exactly where an uninterrupted one does."""
 
+import importlib
 import json
 import os
 
@@ -79,3 +80,51 @@ def test_same_seed_same_losses_other_seed_differs(straight, tmp_path):
     other = local_config(total_steps=N, ckpt_every=N, log_every=1, seed=1)
     simclr.train_and_evaluate(other, str(tmp_path / "seed1"))
     assert _losses(str(tmp_path / "seed1")) != _losses(workdir_a)
+
+
+@pytest.mark.parametrize("name", ["dino", "cass"])
+def test_dino_cass_resume_restores_teacher_centre_and_both_optimizers(name, tmp_path):
+    """Halted at N/2 and restarted == straight N: the DINO teacher and centre (in model_state), the
+    student's AdamW state, and CASS's two networks with their two Adam states, all bit for bit."""
+    trainer = importlib.import_module(f"s4mi_jax.trainers.{name}")
+    config_module = importlib.import_module(f"configs.{name}_chest")
+
+    def config(**kw):
+        c = config_module.get_config("local")
+        c.data.verify = False
+        c.eval.linear_probe = False
+        c.update(dict(total_steps=4, ckpt_every=4, log_every=1, **kw))
+        return c
+
+    def final(workdir):
+        c = config()
+        method = trainer.method(c)
+        source, _, _ = trainer.pretrain.load_data(c)
+        mesh = sharding.make_mesh(c.mesh)
+        tx, *_ = optim.for_run(c, len(source))
+        _, _, abstract = train_state.initializer(
+            lambda rngs: method.build_model(rngs, 1),
+            method.wrap_tx(tx),
+            c.seed,
+            mesh,
+            trainable=method.trainable,
+        )
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+        state = ckpt.restore(abstract, None)
+        ckpt.close()
+        return jax.device_get(state)
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    trainer.train_and_evaluate(config(), a)
+    assert trainer.train_and_evaluate(config(halt_at_step=2), b) == {}
+    trainer.train_and_evaluate(config(), b)
+    state_a, state_b = final(a), final(b)
+    assert int(state_b.step) == 4
+    for part in ("params", "model_state", "opt_state"):
+        assert max_abs_diff(getattr(state_a, part), getattr(state_b, part)) == 0.0, part
+    assert _losses(a) == _losses(b) and sorted(_losses(b)) == [1, 2, 3, 4]
+    if name == "dino":
+        assert {"teacher", "center"} <= set(state_b.model_state)
+        assert float(np.abs(state_b.model_state["center"][...]).max()) > 0  # The centre moved.
+    else:
+        assert set(state_b.opt_state.inner_states) == {"cnn", "vit"}

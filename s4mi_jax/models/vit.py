@@ -60,8 +60,14 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n, t, d = x.shape
-        q, k, v = jnp.split(self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads), 3, 2)
-        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+        head_dim = d // self.num_heads
+        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # Written out rather than jax.nn.dot_product_attention, whose XLA path takes the softmax in
+        # float32 even for float64 inputs; here it runs in at least float32 and in float64 for tests.
+        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+        probs = jax.nn.softmax(logits.astype(at_least_float32(logits.dtype)), axis=-1)
+        out = jnp.einsum("nhqk,nkhd->nqhd", probs.astype(v.dtype), v)
         return self.proj(out.reshape(n, t, d))
 
 
