@@ -68,6 +68,31 @@ def make_train_step(
     return train_step
 
 
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    """(step, abstract state, abstract global batch) for `s4mi_jax.aot`: no data read, nothing allocated.
+
+    Channels come from `config.data.channels` (default 1, grayscale X-rays); the schedule's length does
+    not change the compiled program.
+    """
+    tx, _, _, _ = optim.for_run(config, config.batch_size)
+    channels = config.data.channels or 1
+    graphdef, _, abstract_state = train_state.initializer(
+        lambda rngs: build_simclr_model(config.model, channels, rngs),
+        tx,
+        config.seed,
+        mesh,
+        rules=sharding.rules_from_config(config),
+    )
+    size = config.aug.image_size
+    view = jax.ShapeDtypeStruct(
+        (config.batch_size, size, size, channels),
+        jnp.float32,
+        sharding=sharding.batch_sharding(mesh),
+    )
+    step = make_train_step(graphdef, tx, config.loss.temperature)
+    return step, abstract_state, {"view1": view, "view2": view}
+
+
 def load_data(config: ml_collections.ConfigDict):
     """(pretraining source, probe train source, probe test source), or probe sources None.
 
@@ -132,7 +157,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
     tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, len(source))
     graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: build_simclr_model(config.model, source.channels, rngs), tx, config.seed, mesh
+        lambda rngs: build_simclr_model(config.model, source.channels, rngs),
+        tx,
+        config.seed,
+        mesh,
+        rules=sharding.rules_from_config(config),
     )
     step_fn = train_state.jit_step(
         make_train_step(graphdef, tx, config.loss.temperature),
