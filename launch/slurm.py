@@ -70,9 +70,10 @@ def sbatch_script(
     main = shlex.join([python, "-m", "s4mi_jax.main", *main_args])
     body = [
         "set -euo pipefail",
-        'COORDINATOR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        'COORDINATOR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
         f'export JAX_COORDINATOR_ADDRESS="$COORDINATOR:{port}"',
         'export JAX_NUM_PROCESSES="$SLURM_NNODES"',
+        # (sed, not head: head would close the pipe early and pipefail would stop the job.)
         # Every GPU of the node to its one process (JAX's Slurm default is one GPU per process).
         f"export JAX_LOCAL_DEVICE_IDS={','.join(str(i) for i in range(gpus_per_node))}",
         # JAX_PROCESS_ID per task: SLURM_PROCID exists only inside each srun task. The command travels
