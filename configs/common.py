@@ -136,7 +136,12 @@ def run_config() -> ml_collections.ConfigDict:
             # Async saves overlap training; a kill can then also lose the save in flight (up to two
             # intervals). Synchronous saves lose at most one interval and stall training while saving.
             checkpoint_async=True,
-            mesh=dict(data=-1),  # -1: all devices.
+            # Device mesh (core/sharding.py): `data` x `fsdp` devices; data=-1 takes what fsdp leaves.
+            # The batch is split over all devices. fsdp=1: parameters and optimizer state replicated
+            # (pure data parallelism); fsdp=k: each state leaf of >= sharding.fsdp_min_size elements
+            # is split k ways along its largest dimension k divides (for large models, e.g. ViTs).
+            mesh=dict(data=-1, fsdp=1),
+            sharding=dict(fsdp_min_size=2**16),
         )
     )
 

@@ -16,6 +16,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from s4mi_jax import trainers
+from s4mi_jax.cli import one_line, parse_flags
+from s4mi_jax.core import distributed
 from s4mi_jax.core.loop import log
 from s4mi_jax.errors import S4MIError
 
@@ -31,6 +33,28 @@ _WORKDIR = flags.DEFINE_string(
     "Run folder (checkpoints, metrics.jsonl, results.json). Default: runs/<config>.",
 )
 flags.mark_flags_as_required(["config"])
+# Multi-process runs (core/distributed.py). Unset: JAX_* environment variables, then JAX's detection
+# (Cloud TPU VM, Slurm, Open MPI), else a single process.
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    list(distributed.MODES),
+    "auto: jax.distributed when a coordinator is given or a TPU VM / Slurm / MPI job is detected; "
+    "on: always; off: never (one process).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (one per host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    100,
+    "Seconds without a heartbeat after which a process counts as dead and the job stops.",
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds to wait for all processes to join the coordinator."
+)
 
 
 def default_workdir(config_arg: str) -> str:
@@ -47,17 +71,34 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # Orbax/Grain INFO logs drown the progress lines.
         logging.set_verbosity(logging.WARNING)
+    try:  # Before anything starts a JAX backend (log() does).
+        distributed.initialize(
+            distributed.Settings(
+                mode=_DISTRIBUTED.value,
+                coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+                heartbeat_timeout=_HEARTBEAT.value,
+                initialization_timeout=_INIT_TIMEOUT.value,
+            )
+        )
+    except S4MIError as e:
+        print(f"s4mi_jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         config = _CONFIG.value
         config.trainer  # noqa: B018 (a config file that failed to load raises on first access)
     except OSError as e:  # config_flags defers a missing/broken config file to first access.
-        print(f"s4mi_jax: error: bad config file: {_one_line(e)}", file=sys.stderr)
+        print(f"s4mi_jax: error: bad config file: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     workdir = _WORKDIR.value
     if workdir is None:
         workdir = default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
         log(f"--workdir not given; using {os.path.abspath(workdir)}")
-    log(f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s)")
+    log(
+        f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) in "
+        f"{jax.process_count()} process(es)"
+    )
     try:
         train_and_evaluate = trainers.get(config.trainer)
         results = train_and_evaluate(config, workdir)
@@ -67,28 +108,6 @@ def main(argv: list[str]) -> None:
         print(f"s4mi_jax: error: {message}", file=sys.stderr)
         sys.exit(2)
     log(f"done: results in {os.path.join(workdir, 'results.json')}" if results else "done")
-
-
-def _one_line(error: Exception) -> str:
-    """The useful part of a flag error: no embedded traceback, no escaped newlines or quotes."""
-    text = str(error)
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]
-    text = text.replace("\\n", "\n").replace("\\'", "'")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if any(ln.startswith("Traceback") for ln in lines):
-        head = lines[0].split("Traceback")[0].strip()
-        lines = [head, lines[-1]] if head else lines[-1:]
-    return " ".join(lines)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad `--config...` flag prints one line instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-        print(f"s4mi_jax: error: bad config or flag: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

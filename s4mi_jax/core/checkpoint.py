@@ -3,15 +3,19 @@
 Saves are asynchronous (training continues while the state is written) and atomic: Orbax writes into a
 temporary folder and renames it when complete, so a crash or kill mid-save leaves the previous checkpoint as
 the latest one. Restores go into an abstract target that carries the *current* shardings, so a run can resume
-on a different device count.
+on a different device count, mesh or process count. Every process calls `save`/`restore` (Orbax
+coordinates them; process 0 finalises the folder).
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from s4mi_jax.errors import S4MIError
@@ -69,12 +73,33 @@ class Checkpointer:
     def restore(
         self, abstract_state: Any, data_iter: grain.DatasetIterator | None, step: int | None = None
     ) -> Any:
-        """Restores `state` (into `abstract_state`'s shapes and shardings) and the iterator in place."""
+        """Restores `state` (into `abstract_state`'s shapes and shardings) and the iterator in place.
+
+        Any mesh works: arrays are read into the shardings `abstract_state` carries. Grain writes one
+        iterator file per process (`process_<i>-of-<n>.json`); a checkpoint from another process count
+        has none for this one, and then any saved file serves, because `pipeline.train_iterator`'s
+        position (global batches taken) is the same on every process.
+        """
         step = self.latest_step() if step is None else step
         items = {"state": ocp.args.StandardRestore(abstract_state)}
+        foreign_iter = None
         if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+            foreign_iter = self._iterator_file_of_other_process_count(step)
+            if foreign_iter is None:
+                items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if foreign_iter is not None:
+            with open(foreign_iter) as f:
+                data_iter.set_state(json.load(f))
+        return state
+
+    def _iterator_file_of_other_process_count(self, step: int) -> str | None:
+        folder = os.path.join(self.directory, str(step), "data_iter")
+        mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, mine)):
+            return None
+        saved = sorted(glob.glob(os.path.join(folder, "process_*-of-*.json")))
+        return saved[0] if saved else None
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed (a failed one raises here)."""

@@ -2,6 +2,11 @@
 
 Everything method-specific lives in the jitted `train_step(state, batch, rng) -> (state, metrics)`; the
 loop only moves batches to devices, keeps time and decides when to log and save (big_vision's `itstime`).
+
+Preemption: in a single process, a Python SIGTERM handler raises a flag checked between steps. Under
+`jax.distributed`, JAX's preemption service catches SIGTERM on any process instead and all processes
+agree on the step to stop at (`reached_preemption_sync_point`), so they save the same checkpoint together
+(a save is collective: one process saving alone would wait for the others forever).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import metrics as clu_metrics
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from s4mi_jax.core import sharding
@@ -45,11 +51,14 @@ def format_seconds(s: float) -> str:
 class _SigtermFlag:
     """Turns SIGTERM (TPU VM preemption, `kill`) into a flag the loop checks between steps."""
 
-    def __init__(self):
+    def __init__(self, install: bool = True):
         self.raised = False
         self._previous = None
+        self._install = install
 
     def __enter__(self):
+        if not self._install:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # Not the main thread (e.g. some test runners): no handler.
@@ -103,7 +112,9 @@ def train_loop(
     reported = 0
     t_last, step_last = time.perf_counter(), step
     preempted = False
-    with _SigtermFlag() as sigterm:
+    # Under jax.distributed, JAX's own SIGTERM handler feeds the preemption sync point: keep it.
+    multi = jax.distributed.is_initialized()
+    with _SigtermFlag(install=not multi) as sigterm:
         while step < total_steps:
             batch = sharding.put_batch(next(data_iter), mesh)
             state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
@@ -167,9 +178,10 @@ def train_loop(
                 writer.write(step, eval_fn(state, step))
                 t_last += time.perf_counter() - t_eval  # Throughput counts training time only.
 
-            if sigterm.raised or step == halt_at_step:
+            synced = multi and multihost_utils.reached_preemption_sync_point(step)
+            if sigterm.raised or synced or step == halt_at_step:
                 checkpointer.save(step, state, data_iter, meta)
-                why = "SIGTERM" if sigterm.raised else "config.halt_at_step"
+                why = "SIGTERM" if sigterm.raised or synced else "config.halt_at_step"
                 log(f"{why}: saved checkpoint at step {step}; rerun the same command to resume.")
                 preempted = True
                 break

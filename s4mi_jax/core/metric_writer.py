@@ -107,6 +107,10 @@ RESUMABLE_CHANGES = (
     "data.num_workers",
     "data.verify",
     "eval.batch_size",
+    # Layout only: the same computation on another mesh (a resumed run may move to other hardware).
+    "mesh.data",
+    "mesh.fsdp",
+    "sharding.fsdp_min_size",
 )
 
 

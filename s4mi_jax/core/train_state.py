@@ -55,11 +55,14 @@ def initializer(
     seed: int,
     mesh: Mesh,
     trainable: nnx.filterlib.Filter = nnx.Param,
+    *,
+    rules: sharding.Rules | None = None,
 ) -> tuple[nnx.GraphDef, Callable[[], TrainState], Any]:
     """Returns (graphdef, init, abstract_state) without allocating anything yet.
 
-    `init()` builds the state directly in its (replicated) sharding as one compiled program (eager NNX
-    init compiles each initializer separately: 10+ s for a ResNet on CPU). `abstract_state` holds
+    `init()` builds the state directly in its sharding (replicated, or split over the mesh's `fsdp` axis
+    by `rules`: see `sharding.state_shardings`) as one compiled program (eager NNX init compiles each
+    initializer separately: 10+ s for a ResNet on CPU). `abstract_state` holds
     ShapeDtypeStructs with the shardings: the target a checkpoint is restored into, so a resumed run
     never pays for an init it throws away.
     """
@@ -79,7 +82,7 @@ def initializer(
 
     graphdef = split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(0))), trainable)[0]
     shapes = jax.eval_shape(init_fn, rng)
-    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+    shardings = sharding.state_shardings(shapes, mesh, rules)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )
@@ -116,7 +119,7 @@ def guard_nonfinite(step_fn: Callable) -> Callable:
 def jit_step(step_fn: Callable, shardings: Any, mesh: Mesh) -> Callable:
     """`jax.jit` of a `(state, batch, rng) -> (state, metrics)` step, guarded against non-finite
     updates, with explicit in/out shardings over the mesh (state as `shardings`, batch split over
-    `data`, rng and metrics replicated); the old state is donated, so its buffers are reused."""
+    all devices, rng and metrics replicated); the old state is donated, so its buffers are reused."""
     return jax.jit(
         guard_nonfinite(step_fn),
         in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),

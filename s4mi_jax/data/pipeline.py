@@ -26,10 +26,17 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.DatasetIterator:
-    """Infinite iterator of per-process batches of `batch_size` (= global batch / process count)."""
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat(None)
+    """Infinite iterator of per-process batches of `batch_size` (= global batch / process count).
+
+    One global stream (shuffle, repeat, augment: all keyed by the element's global position), of which
+    process p reads and augments only elements p, p+n, p+2n, ... So global batch k holds the same images
+    with the same augmentations on any number of processes (only their row order differs), a run can
+    resume on another process count, and the iterator position (batches taken) is the same on every
+    process.
+    """
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     ds = ds.random_map(transform, seed=seed)
+    ds = ds[process_index::process_count]  # Lazy: each process touches only its own elements.
     ds = ds.batch(batch_size, drop_remainder=True)  # Batch before mp_prefetch (grain#1129).
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
     if num_workers > 0:

@@ -69,6 +69,7 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx),
         transform=augment.OneView(config.aug),
         views_per_image=1,
+        batch_shapes=lambda c: {"image": (config.aug.image_size, config.aug.image_size, c)},
         probes={b: (lambda m, b=b: getattr(m, b).encoder) for b in BRANCHES},
         wrap_tx=lambda tx: optim.per_branch(tx, BRANCHES),
     )
@@ -76,3 +77,7 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return pretrain.run(config, workdir, method(config))
+
+
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    return pretrain.aot_setup(config, mesh, method(config))

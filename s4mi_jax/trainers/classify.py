@@ -174,6 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         tx,
         config.seed,
         mesh,
+        rules=sharding.rules_from_config(config),
     )
     counts = _counts(train_src.labels, num_classes)
     loss_name = config.loss.name

@@ -131,6 +131,20 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         transform=augment.MultiCrop(config.aug),
         views_per_image=config.aug.num_global_crops + config.aug.num_local_crops,
         # Official DINO evaluates the teacher; the student is probed too for comparison.
+        batch_shapes=lambda c: {
+            "global": (
+                config.aug.num_global_crops,
+                config.aug.image_size,
+                config.aug.image_size,
+                c,
+            ),
+            "local": (
+                config.aug.num_local_crops,
+                config.aug.local_image_size,
+                config.aug.local_image_size,
+                c,
+            ),
+        },
         probes={"": lambda m: m.teacher.encoder, "student": lambda m: m.student.encoder},
         trainable=TRAINABLE,
     )
@@ -138,3 +152,7 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return pretrain.run(config, workdir, method(config))
+
+
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    return pretrain.aot_setup(config, mesh, method(config))

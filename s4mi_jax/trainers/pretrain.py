@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -48,6 +49,8 @@ class Method:
     views_per_image: int  # images through the network per example (throughput accounting)
     # Encoders to linear-probe at the end: results key suffix -> getter ("" -> "linear_probe").
     probes: dict[str, Callable[[nnx.Module], nnx.Module]]
+    # The step's batch fields and their per-example shapes, given the channel count (AOT compile).
+    batch_shapes: Callable[[int], dict[str, tuple[int, ...]]] = lambda channels: {}
     trainable: nnx.filterlib.Filter = nnx.Param
     wrap_tx: Callable[[optax.GradientTransformation], optax.GradientTransformation] = lambda tx: tx
 
@@ -135,6 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
         config.seed,
         mesh,
         trainable=method.trainable,
+        rules=sharding.rules_from_config(config),
     )
     step_fn = train_state.jit_step(
         method.make_step(graphdef, tx, total_steps, steps_per_epoch),
@@ -215,6 +219,32 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     writer.close()
     write_json(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def aot_setup(config: ml_collections.ConfigDict, mesh, method: Method):
+    """(step, abstract state, abstract global batch) for `s4mi_jax.aot`: no data read, nothing allocated.
+
+    Channels come from `config.data.channels` (default 1, grayscale X-rays); the schedule's length does
+    not change the compiled program.
+    """
+    tx, _, total_steps, steps_per_epoch = optim.for_run(config, config.batch_size)
+    tx = method.wrap_tx(tx)
+    channels = config.data.channels or 1
+    graphdef, _, abstract_state = train_state.initializer(
+        lambda rngs: method.build_model(rngs, channels),
+        tx,
+        config.seed,
+        mesh,
+        trainable=method.trainable,
+        rules=sharding.rules_from_config(config),
+    )
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            (config.batch_size, *shape), jnp.float32, sharding=sharding.batch_sharding(mesh)
+        )
+        for k, shape in method.batch_shapes(channels).items()
+    }
+    return method.make_step(graphdef, tx, total_steps, steps_per_epoch), abstract_state, batch
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -59,12 +59,20 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx, config.loss.temperature),
         transform=augment.TwoViews(config.aug),
         views_per_image=2,
+        batch_shapes=lambda c: {
+            "view1": (config.aug.image_size, config.aug.image_size, c),
+            "view2": (config.aug.image_size, config.aug.image_size, c),
+        },
         probes={"": lambda m: m.encoder},
     )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return pretrain.run(config, workdir, method(config))
+
+
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    return pretrain.aot_setup(config, mesh, method(config))
 
 
 load_data = pretrain.load_data  # The split is every pretraining method's (tests use it from here).

@@ -1,0 +1,29 @@
+"""Command-line plumbing shared by `s4mi_jax.main` and `s4mi_jax.aot`: flag errors as one line."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+
+def one_line(error: Exception) -> str:
+    """The useful part of a flag error: no embedded traceback, no escaped newlines or quotes."""
+    text = str(error)
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    text = text.replace("\\n", "\n").replace("\\'", "'")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):
+        head = lines[0].split("Traceback")[0].strip()
+        lines = [head, lines[-1]] if head else lines[-1:]
+    return " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad `--config...` flag prints one line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        print(f"s4mi_jax: error: bad config or flag: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
