@@ -250,7 +250,7 @@ CASES = [
             lambda: classify.train_and_evaluate(_cls(**{"model.name": "resnet7"}), str(t / "w"))
         ),
         ConfigError,
-        r"config\.model\.name='resnet7' .*\['resnet18', 'resnet50'\]",
+        r"config\.model\.name='resnet7' .*\['resnet18', 'resnet50', 'vit'",
     ),
     (
         "unknown loss",

@@ -18,7 +18,11 @@ CONFIGS = sorted(
 )
 
 
-VARIANTS = {"simclr_chest": [None, "local", "research"]}
+VARIANTS = {
+    "simclr_chest": [None, "local", "research"],
+    "dino_chest": [None, "local", "vit", "research"],
+    "cass_chest": [None, "local", "reference", "research"],
+}
 
 
 @pytest.mark.parametrize(

@@ -187,5 +187,5 @@ def test_error_raised_under_jax_transform_is_one_line(tmp_path):
         f"--workdir={tmp_path / 'w'}",
         "--config.model.name=resnet7",
     )
-    _assert_clear_error(proc, "config.model.name='resnet7'", "['resnet18', 'resnet50']")
+    _assert_clear_error(proc, "config.model.name='resnet7'", "['resnet18', 'resnet50', 'vit'")
     assert "For simplicity" not in proc.stderr and proc.stderr.count("\n") <= 2
