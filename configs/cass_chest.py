@@ -4,7 +4,7 @@
     python -m s4mi_jax.main --config=configs/cass_chest.py:local      # tiny smoke run (tests, CI)
     python -m s4mi_jax.main --config=configs/cass_chest.py:reference  # the released notebook's recipe
     python -m s4mi_jax.main --config=configs/cass_chest.py:research \\
-        --config.data.root=/data/chest_xray_pneumonia --workdir=gs://...  # ResNet-50 + ViT-B/16 at 384
+        --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X  # ResNet-50 + ViT-B/16 at 384
 
 Fine-tune or probe either branch at a label fraction with configs/{finetune,linear_probe}_chest.py and
 `--config.init_from=<this workdir> --config.init_encoder=cnn/encoder` (or `vit/encoder`, with

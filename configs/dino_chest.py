@@ -4,7 +4,7 @@
     python -m s4mi_jax.main --config=configs/dino_chest.py:vit        # the same with a small ViT
     python -m s4mi_jax.main --config=configs/dino_chest.py:local      # tiny smoke run (tests, CI)
     python -m s4mi_jax.main --config=configs/dino_chest.py:research \\
-        --config.data.root=/data/chest_xray_pneumonia --workdir=gs://...  # ViT-S/16, official recipe
+        --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X  # ViT-S/16, official recipe
 
 Method and defaults: methods.md §4.2 and official `main_dino.py` (trainers/dino.py says where we
 differ). Default: a width-16 ResNet-18 (the SimCLR default's backbone, so the label-fraction sweep can

@@ -3,7 +3,7 @@
     python -m s4mi_jax.main --config=configs/simclr_chest.py            # embedded sample, CPU, minutes
     python -m s4mi_jax.main --config=configs/simclr_chest.py:local      # tiny smoke run (tests, CI)
     python -m s4mi_jax.main --config=configs/simclr_chest.py:research \\
-        --config.data.root=/data/chest_xray_pneumonia --workdir=gs://...  # ResNet-50, paper settings
+        --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X  # ResNet-50, paper settings
 
 Default: the embedded 320-image sample (CC BY 4.0, see s4mi_jax/data/sample/chest_xray/ATTRIBUTION.md), a
 narrow ResNet-18 at 64x64, 200 epochs (600 steps, ~4 min on 2 CPU cores). `research`: ResNet-50, 224x224, batch 4096, LARS lr 0.3·B/256,
