@@ -4,8 +4,8 @@
 `--init_encoder` picks the encoder of a run that has several (CASS: `cnn/encoder` / `vit/encoder`; DINO
 defaults to its teacher). `--layout=s4mi` (default) writes this package's schema (models/weights.py), which
 `config.init_from=FILE` loads back bit for bit; `--layout=torchvision` (ResNets) or `--layout=timm` (ViTs)
-writes names and layouts that `torchvision.models.resnet*().load_state_dict(..., strict=False)` and
-`timm.create_model(...).load_state_dict(..., strict=False)` accept (no classifier head). Also `.npz`.
+writes those libraries' state_dict names and layouts (no classifier head; the mapping is the inverse of
+the import one, which is tested against a NumPy forward pass). Also `.npz`.
 """
 
 from __future__ import annotations
