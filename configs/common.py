@@ -101,7 +101,13 @@ def pretrain_data_config() -> ml_collections.ConfigDict:
     placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
         dict(
-            root=placeholder(str),  # Folder (images/ + labels.csv) or .npz; None = embedded sample.
+            root=placeholder(
+                str
+            ),  # Folder (images/ + labels.csv), .npz or .csv; None = embedded sample.
+            # Or a TFDS dataset prepared by s4mi_jax/data/tfds_builders.py (instead of root).
+            tfds_name=placeholder(str),
+            tfds_data_dir=placeholder(str),
+            tfds_split="train",
             eval_root=placeholder(str),  # Optional labeled folder for the probe's test split.
             channels=placeholder(int),  # None: as stored (1 for grayscale X-rays).
             verify=True,  # Check every file before training (fails early on a corrupt image).
@@ -167,7 +173,10 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
     config.label_fraction = arg.label_fraction
     config.seed = arg.seed  # Picks the labeled subset and initialises the model.
     config.data = dict(
-        root=placeholder(str),  # None = embedded sample.
+        root=placeholder(str),  # Folder, .npz or .csv of paths; None = embedded sample.
+        tfds_name=placeholder(str),  # Or a prepared TFDS dataset (s4mi_jax/data/tfds_builders.py).
+        tfds_data_dir=placeholder(str),
+        tfds_split="train",
         eval_root=placeholder(str),  # A separate labeled test folder (else test is carved out).
         channels=placeholder(int),
         verify=True,

@@ -1,7 +1,8 @@
 """Report a finished (or running) sweep: `python launch/report.py --sweep_dir=DIR [--metrics=...] [--out=DIR]`.
 
 Prints the Markdown table (methods compared at each label fraction, mean ± std over seeds) and writes
-`report.md`, `report.csv` and one `<metric>.png` per metric into `--out` (default: the sweep folder).
+`report.md`, `report.csv`, one `<metric>.png` per metric and `curves_<key>.png` (training curves of every
+run, from its metrics.jsonl; `--curves`) into `--out` (default: the sweep folder).
 Problems the user can fix (no results, a metric name no cell has) print one line and exit with status 2.
 """
 
@@ -30,6 +31,11 @@ _METRICS = flags.DEFINE_list(
 )
 _OUT = flags.DEFINE_string(
     "out", None, "Where to write report.md/.csv and PNGs. Default: --sweep_dir."
+)
+_CURVES = flags.DEFINE_list(
+    "curves",
+    ["train/loss"],
+    "metrics.jsonl keys to plot against step, every run of the sweep in one PNG per key.",
 )
 flags.mark_flags_as_required(["sweep_dir"])
 
@@ -78,6 +84,11 @@ def main(argv: list[str]) -> None:
     for metric in metrics:
         written.append(os.path.join(out, f"{_file_name(metric)}.png"))
         report.plot(agg, metric, written[-1])
+    for metric in _CURVES.value:  # Training curves of every run (pretraining included).
+        curves = report.collect_curves(sweep_dir, metric)
+        if curves:
+            written.append(os.path.join(out, f"curves_{_file_name(metric)}.png"))
+            report.plot_curves(curves, metric, written[-1])
     print(f"report: {len(rows)} cells; wrote {', '.join(written)}", file=sys.stderr)
 
 

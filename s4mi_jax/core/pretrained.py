@@ -1,4 +1,8 @@
-"""Pretrained encoder weights from another run's Orbax checkpoint (`config.init_from`).
+"""Pretrained encoder weights (`config.init_from`): another run's Orbax checkpoint, or a weights file.
+
+A `.safetensors` / `.npz` file (torchvision/timm ImageNet weights, or one written by
+`python -m s4mi_jax.export_weights`; see `models/weights.py`) is converted to this package's names and
+copied the same way, with the same shape checks.
 
 Reads the checkpoint without a target (plain arrays, no need to rebuild the pretraining optimizer) and
 copies every `encoder` parameter and BatchNorm statistic into the new state after checking its name and
@@ -20,11 +24,16 @@ import orbax.checkpoint as ocp
 
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.errors import ConfigError
+from s4mi_jax.models import weights
 
 
 def resolve(init_from: str) -> tuple[str, int]:
     """A workdir (latest checkpoint), its `checkpoints/` folder, or one `checkpoints/<step>` folder."""
     path = os.path.abspath(init_from)
+    if weights.is_weights_file(path):
+        if not os.path.isfile(path):
+            raise ConfigError(f"config.init_from={init_from}: no such weights file.")
+        return path, 0
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
     base = os.path.basename(path)
@@ -112,16 +121,47 @@ def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
     return jax.tree_util.tree_map_with_path(leaf, target)
 
 
-def load_encoder(
-    state: TrainState, init_from: str, init_encoder: str | None = None, prefix: str = "encoder"
-) -> tuple[TrainState, str, int]:
-    """Returns (state with the pretrained encoder at `prefix`, the source path, the checkpoint step)."""
+def read_encoder(init_from: str, init_encoder: str | None = None) -> tuple[str, int, dict]:
+    """(encoder path in the checkpoint, step, its nested tree of parameters and statistics)."""
     directory, step = resolve(init_from)
     manager = ocp.CheckpointManager(directory)
     raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     manager.close()
     full = _merge(raw["params"], raw["model_state"])
     name, source = _source(full, init_from, init_encoder)
+    return name, step, source
+
+
+def load_encoder(
+    state: TrainState, init_from: str, init_encoder: str | None = None, prefix: str = "encoder"
+) -> tuple[TrainState, str, int]:
+    """Returns (state with the pretrained encoder at `prefix`, the source path, the checkpoint step)."""
+    if weights.is_weights_file(init_from):
+        return _load_file(state, resolve(init_from)[0], prefix)
+    name, step, source = read_encoder(init_from, init_encoder)
     params = _copy_subtree(state.params, source, prefix, init_from)
     model_state = _copy_subtree(state.model_state, source, prefix, init_from)
     return state.replace(params=params, model_state=model_state), name, step
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+    """`{"a/b": x}` -> `{"a": {"b": {"value": x}}}`: the shape of a restored checkpoint's tree."""
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        for k in name.split("/"):
+            node = node.setdefault(k, {})
+        node["value"] = value
+    return tree
+
+
+def _load_file(state: TrainState, path: str, prefix: str) -> tuple[TrainState, str, int]:
+    shapes = {}
+    for tree in (state.params, state.model_state):
+        for p, x in jax.tree_util.tree_leaves_with_path(tree):
+            if _key(p[0]) == prefix:
+                shapes[weights.path_name(p[1:])] = x.shape
+    source = _nest(weights.read_encoder(path, shapes))
+    params = _copy_subtree(state.params, source, prefix, path)
+    model_state = _copy_subtree(state.model_state, source, prefix, path)
+    return state.replace(params=params, model_state=model_state), os.path.basename(path), 0

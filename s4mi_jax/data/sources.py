@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from s4mi_jax.errors import DataError
+from s4mi_jax.data import medical
+from s4mi_jax.errors import ConfigError, DataError
 
 SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), "sample", "chest_xray")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# What a folder of images may hold: DICOM files are read with pydicom (the `medical` extra).
+READABLE_EXTENSIONS = IMAGE_EXTENSIONS + medical.DICOM_EXTENSIONS
 UNLABELED = -1
 
 
@@ -30,6 +33,15 @@ def is_labeled(labels: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | Path, channels: int | None) -> np.ndarray:
     """Decodes one image to uint8 (H, W, C); C = `channels` (1 or 3) or what the file holds."""
+    if str(path).lower().endswith(medical.DICOM_EXTENSIONS):
+        arr, _ = medical.read_dicom(path)
+        if channels is not None and arr.shape[-1] != channels:
+            arr = (
+                arr.mean(-1, keepdims=True).round().astype(np.uint8)
+                if channels == 1
+                else (np.repeat(arr, channels, axis=-1))
+            )
+        return arr
     try:
         with Image.open(path) as img:
             img.load()
@@ -96,6 +108,20 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         return list(reader)
 
 
+def _label_ids(path: Path, raw: Sequence[str], lines: Sequence[int]):
+    """(class names, value -> id) for a label column: integer ids 0..max, or sorted class names."""
+    for line, value in zip(lines, raw, strict=True):
+        if not value or value.startswith("-"):
+            raise DataError(
+                f"{path} line {line}: label {value!r} is not a class id (0, 1, ...) or name; "
+                "leave an unlabeled image out of labels.csv instead."
+            )
+    if all(v.isdigit() for v in raw):  # Class ids: 0..max, names are the ids.
+        return [str(c) for c in range(max(int(v) for v in raw) + 1)], {v: int(v) for v in raw}
+    names = sorted(set(raw))
+    return names, {c: k for k, c in enumerate(names)}
+
+
 class FolderSource:
     """Images in `root/images/` (or directly in `root/`), labels from an optional `root/labels.csv`.
 
@@ -113,7 +139,9 @@ class FolderSource:
             )
         image_dir = root / "images" if (root / "images").is_dir() else root
         self.files = sorted(
-            p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            p
+            for p in image_dir.iterdir()
+            if p.suffix.lower() in READABLE_EXTENSIONS and p.is_file()
         )
         if not self.files:
             raise DataError(
@@ -153,19 +181,7 @@ class FolderSource:
             return
         rows = _read_csv(path, ["filename", "label"])
         raw = [(r["label"] or "").strip() for r in rows]
-        for line, value in enumerate(raw, start=2):
-            if not value or value.startswith("-"):
-                raise DataError(
-                    f"{path} line {line}: label {value!r} is not a class id (0, 1, ...) or name; "
-                    "leave an unlabeled image out of labels.csv instead."
-                )
-        numeric = all(v.isdigit() for v in raw)
-        if numeric:  # Class ids: 0..max, names are the ids.
-            self.class_names = [str(c) for c in range(max(int(v) for v in raw) + 1)]
-            to_int = {v: int(v) for v in raw}
-        else:
-            self.class_names = sorted(set(raw))
-            to_int = {c: k for k, c in enumerate(self.class_names)}
+        self.class_names, to_int = _label_ids(path, raw, range(2, len(raw) + 2))
         seen: dict[str, int] = {}
         for line, (row, value) in enumerate(zip(rows, raw, strict=True), start=2):
             name = os.path.basename(row["filename"])
@@ -202,6 +218,9 @@ class FolderSource:
     def verify(self) -> None:
         """Checks every file's structure (PNG chunk CRCs, truncation) without a full decode."""
         for path in self.files:
+            if path.suffix.lower() in medical.DICOM_EXTENSIONS:
+                read_image(path, None)
+                continue
             try:
                 with Image.open(path) as img:
                     img.verify()
@@ -222,9 +241,63 @@ class FolderSource:
                 image_shape = (img.height, img.width)
         return read_mask(self.mask_files[i], image_shape, self.files[i])
 
+    def spacing(self, i: int) -> tuple[float, float] | None:
+        """(row, column) pixel spacing in mm where the file records it (DICOM), else None."""
+        if self.files[i].suffix.lower() in medical.DICOM_EXTENSIONS:
+            return medical.read_dicom(self.files[i])[1]
+        return None
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         image = read_image(self.files[i], self.channels)
         return {"image": image, "label": self.labels[i], "index": np.int32(i)}
+
+
+class CsvSource(FolderSource):
+    """A CSV of image paths: columns `path` (or `filename`), optional `label`, `patient_id`, `mask`.
+
+    Paths are relative to the CSV's folder (or absolute). Rows without a label (empty cell) are
+    unlabeled; rows without a mask have none. Labels follow labels.csv's rules (ids or class names).
+    """
+
+    def __init__(self, path: str | Path, *, channels: int | None = None, verify: bool = True):
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist (config.data.root).")
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        column = next((c for c in ("path", "filename") if rows and c in rows[0]), None)
+        if column is None:
+            raise DataError(f"{path}: no 'path' column; expected a header line path[,label,...].")
+        base = path.parent
+        self.root = path
+        self.files, seen = [], {}
+        for line, row in enumerate(rows, start=2):
+            file = Path(row[column]) if os.path.isabs(row[column]) else base / row[column]
+            if not file.is_file():
+                raise DataError(f"{path} line {line}: file {row[column]!r} does not exist.")
+            if file in seen:
+                raise DataError(
+                    f"{path} lines {seen[file]} and {line}: {row[column]!r} is listed twice."
+                )
+            seen[file] = line
+            self.files.append(file)
+        self.keys = [row[column] for row in rows]
+        self.labels = np.full(len(rows), UNLABELED, np.int32)
+        self.class_names = []
+        raw = [(r.get("label") or "").strip() for r in rows]
+        labeled = [i for i, v in enumerate(raw) if v]
+        if labeled:
+            names, to_int = _label_ids(path, [raw[i] for i in labeled], [i + 2 for i in labeled])
+            self.class_names = names
+            for i in labeled:
+                self.labels[i] = to_int[raw[i]]
+        self.groups = [r["patient_id"] for r in rows] if "patient_id" in rows[0] else None
+        self.mask_files = None
+        if "mask" in rows[0]:
+            self.mask_files = [base / r["mask"] if r.get("mask") else None for r in rows]
+        self.channels = read_image(self.files[0], channels).shape[-1]
+        if verify:
+            self.verify()
 
 
 class NpzSource:
@@ -269,6 +342,8 @@ class NpzSource:
 
 def source_keys(source) -> list[str]:
     """A stable id per record (file name, or row number for arrays): what manifests are made of."""
+    if hasattr(source, "keys"):  # CSV paths, NIfTI "volume:slice", TFDS record ids.
+        return list(source.keys)
     if hasattr(source, "files"):
         return [p.name for p in source.files]
     return [f"{i:08d}" for i in range(len(source))]
@@ -293,9 +368,34 @@ class SubsetSource:
 
 
 def open_source(root: str | None, *, channels: int | None = None, verify: bool = True):
-    """Opens a folder or `.npz` dataset; `root=None` means the embedded chest X-ray sample."""
+    """Opens a folder, `.npz` or `.csv` dataset; `root=None` means the embedded chest X-ray sample.
+
+    A folder whose images are NIfTI volumes (`images/*.nii.gz`) gives their 2-D slices.
+    """
     if root is None:
         root = SAMPLE_ROOT
     if str(root).endswith(".npz"):
         return NpzSource(root)
+    if str(root).endswith(".csv"):
+        return CsvSource(root, channels=channels, verify=verify)
+    folder = Path(root) / "images" if (Path(root) / "images").is_dir() else Path(root)
+    if folder.is_dir() and any(medical.is_nifti(p) for p in folder.iterdir()):
+        return medical.NiftiSource(root)
     return FolderSource(root, channels=channels, verify=verify)
+
+
+def open_from_config(data) -> object:
+    """The training source `config.data` names: a TFDS dataset (`tfds_name` [+ `tfds_data_dir`,
+    `tfds_split`]) or `root` (folder, .npz, .csv; None = the embedded sample)."""
+    name = data.get("tfds_name")
+    if name:
+        if data.get("root"):
+            raise ConfigError(
+                f"config.data.root={data.root} and config.data.tfds_name={name}: give one of them."
+            )
+        from s4mi_jax.data import tfds_builders
+
+        return tfds_builders.TfdsSource(
+            name, data_dir=data.get("tfds_data_dir"), split=data.get("tfds_split") or "train"
+        )
+    return open_source(data.root, channels=data.channels, verify=data.verify)

@@ -1,4 +1,7 @@
-"""Sweep report: methods x label fractions x seeds -> a Markdown table, a CSV and one plot per metric.
+"""Sweep report: methods x label fractions x seeds -> a Markdown table, a CSV and plots.
+
+Plots: one per metric (metric vs label fraction, a line per method), training curves from every run's
+``metrics.jsonl`` (``plot_curves``), and a PCA of frozen features coloured by label (``plot_embedding``).
 
 A sweep leaves one ``results.json`` per cell; this module finds them (recursively, so the folder layout
 can change without breaking the report), averages each (method, label fraction) over seeds and renders
@@ -324,6 +327,104 @@ def write_csv(agg: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: st
             writer.writerow(row)
 
 
+def _figure():
+    """A matplotlib Figure on its own Agg canvas (no pyplot: no display, caller's backend untouched)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise S4MIError(
+            "plots need matplotlib, an optional dependency: pip install 's4mi_jax[report]' "
+            "(the Markdown and CSV tables need nothing extra)."
+        ) from None
+    fig = Figure(figsize=(6.4, 4.2), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def collect_curves(sweep_dir: str, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`{run: (steps, values)}` of `metric` from every `metrics.jsonl` under `sweep_dir`; the run is
+    its folder relative to the sweep (`finetune/frac_0.1/seed_0`). Lines cut short by a kill and
+    non-finite values are skipped; runs without the metric are left out."""
+    curves = {}
+    pattern = os.path.join(glob.escape(sweep_dir), "**", "metrics.jsonl")
+    for path in sorted(glob.glob(pattern, recursive=True)):
+        steps, values = [], []
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                value = _to_float(row.get(metric))
+                if value is not None and math.isfinite(value) and "step" in row:
+                    steps.append(int(row["step"]))
+                    values.append(value)
+        if steps:
+            run = os.path.relpath(os.path.dirname(path), sweep_dir)
+            curves[run] = (np.asarray(steps), np.asarray(values))
+    return curves
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], metric: str, path: str
+) -> None:
+    """PNG of `metric` against step, one line per run, one colour per method (the run's first folder;
+    line style per seed), so a diverging or collapsed run stands out next to its peers."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    methods = sorted({run.split(os.sep)[0] for run in curves})
+    colours = {m: f"C{k % 10}" for k, m in enumerate(methods)}
+    styles = ("-", "--", ":", "-.")
+    for k, (run, (steps, values)) in enumerate(sorted(curves.items())):
+        method = run.split(os.sep)[0]
+        ax.plot(steps, values, color=colours[method], linestyle=styles[k % len(styles)],
+                linewidth=1.2, label=run.replace(os.sep, "/"))  # fmt: skip
+    ax.set_title(f"{metric} during training ({len(curves)} runs)")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    if curves and len(curves) <= 12:
+        ax.legend(fontsize=6)
+    fig.savefig(path)
+
+
+def pca_2d(features: np.ndarray) -> np.ndarray:
+    """First two principal components (centred SVD), sign fixed so the largest loading is positive."""
+    x = np.asarray(features, np.float64)
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    vt = vt[:2] * np.sign(vt[:2, np.abs(vt[:2]).argmax(axis=1)].diagonal())[:, None]
+    return x @ vt.T
+
+
+def plot_embedding(
+    features: np.ndarray,
+    labels: np.ndarray,
+    path: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str = "frozen features",
+) -> np.ndarray:
+    """PNG of a 2-D PCA of encoder features coloured by label (-1: unlabeled, grey); returns the
+    coordinates. Classes that separate here are what a linear probe will find easy."""
+    coords = pca_2d(features)
+    labels = np.asarray(labels)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for c in sorted(set(labels.tolist())):
+        sel = labels == c
+        name = "unlabeled" if c < 0 else (class_names[c] if class_names else str(c))
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=8, alpha=0.7,
+                   color="0.6" if c < 0 else None, label=f"{name} ({int(sel.sum())})")  # fmt: skip
+    ax.set_title(f"PCA of {title} ({len(labels)} images)")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.legend(title="label", fontsize=7)
+    fig.savefig(path)
+    return coords
+
+
 def plot(agg: Sequence[Mapping[str, Any]], metric: str, path: str) -> None:
     """PNG of ``metric`` against label fraction (log x), one line per method, std error bars.
 
@@ -331,20 +432,11 @@ def plot(agg: Sequence[Mapping[str, Any]], metric: str, path: str) -> None:
     backend of a caller (e.g. a notebook) is left alone. Methods are nudged apart slightly along x
     so that their error bars do not hide each other.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import NullFormatter, NullLocator
-    except ImportError:
-        raise S4MIError(
-            "plots need matplotlib, an optional dependency: pip install 's4mi_jax[report]' "
-            "(the Markdown and CSV tables need nothing extra)."
-        ) from None
-
     if agg and f"{metric}_mean" not in agg[0]:
         raise S4MIError(f"metric {metric!r} was not aggregated; pass it to aggregate()")
-    fig = Figure(figsize=(6.4, 4.2), dpi=150, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure()
+    from matplotlib.ticker import NullFormatter, NullLocator
+
     ax = fig.add_subplot()
     methods = sorted({e["method"] for e in agg})
     fractions = sorted({e["label_fraction"] for e in agg})

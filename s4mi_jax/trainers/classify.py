@@ -32,7 +32,13 @@ from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, run_environment, write_json
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, manifests, pipeline
-from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source, source_keys
+from s4mi_jax.data.sources import (
+    SubsetSource,
+    is_labeled,
+    open_from_config,
+    open_source,
+    source_keys,
+)
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features, metrics
 from s4mi_jax.losses import classification as losses
@@ -106,7 +112,7 @@ def frozen_encoder_tx(tx: optax.GradientTransformation) -> optax.GradientTransfo
 
 def load_splits(config: ml_collections.ConfigDict):
     """(source, manifest, train/val/test sources); validates the data before anything is written."""
-    source = open_source(config.data.root, channels=config.data.channels, verify=config.data.verify)
+    source = open_from_config(config.data)
     labeled = is_labeled(source.labels)
     if not labeled.any():
         raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")

@@ -30,7 +30,13 @@ from s4mi_jax.core.metric_writer import (
     write_json,
 )
 from s4mi_jax.data import manifests, pipeline
-from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source, source_keys
+from s4mi_jax.data.sources import (
+    SubsetSource,
+    is_labeled,
+    open_from_config,
+    open_source,
+    source_keys,
+)
 from s4mi_jax.errors import DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
@@ -62,7 +68,7 @@ def load_data(config: ml_collections.ConfigDict):
     `test_fraction`), so pretraining never sees a validation or test patient of the label-fraction
     experiments that start from it; the probe trains on the training pool and tests on the test split.
     """
-    source = open_source(config.data.root, channels=config.data.channels, verify=config.data.verify)
+    source = open_from_config(config.data)
     labeled = is_labeled(source.labels)
     if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
         return source, None, None
