@@ -6,7 +6,8 @@ centring with its own EMA, teacher temperature warm-up, AdamW with warm-up + cos
 weight-decay schedule, per-parameter gradient clipping, and the head's last layer frozen for the first
 `freeze_last_layer_epochs`. Choices where we differ: the teacher's BatchNorm (ResNet backbones) runs on
 batch statistics as in the official code, and its running statistics are its own, not an EMA; freezing
-zeroes the last layer's *updates* (its Adam moments still decay), where PyTorch skips the parameter.
+zeroes the last layer's *updates* (its Adam moments still see its gradients), where PyTorch skips
+the parameter.
 """
 
 from __future__ import annotations
