@@ -264,7 +264,9 @@ def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigD
     config.trainer = trainer
     config.label_fraction = arg.label_fraction
     config.seed = arg.seed
-    config.init_from = placeholder(str)  # A pretraining run: its ResNet encoder -> the U-Net encoder.
+    config.init_from = placeholder(
+        str
+    )  # A pretraining run: its ResNet encoder -> the U-Net encoder.
     config.init_encoder = placeholder(str)
     config.data = dict(
         root=root,  # images/ + masks/ (+ labels.csv for stratification, metadata.csv patient_id).

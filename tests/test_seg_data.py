@@ -32,9 +32,13 @@ def test_paired_geometric_keeps_mask_drawn_from_image_aligned():
     assert len(seen) >= 3  # rot90 (shape change), unchanged, and rotated/flipped all occurred.
     # The transform as the pipeline runs it: same alignment after normalisation.
     cfg = common.segmentation_config("segment", "local").aug
-    view = segdata.LabeledView(cfg).random_map({"image": image, "mask": mask}, np.random.default_rng(3))
+    view = segdata.LabeledView(cfg).random_map(
+        {"image": image, "mask": mask}, np.random.default_rng(3)
+    )
     raw = view["image"] * np.float32(cfg.std) + np.float32(cfg.mean)
-    np.testing.assert_array_equal(view["mask"], (raw[..., 0] > 100 / 255) + (np.abs(raw[..., 1] - 120 / 255) < 1e-3))
+    np.testing.assert_array_equal(
+        view["mask"], (raw[..., 0] > 100 / 255) + (np.abs(raw[..., 1] - 120 / 255) < 1e-3)
+    )
 
 
 def test_load_manifest_nested_and_unlabeled_without_masks(tmp_path):
@@ -58,7 +62,14 @@ def test_tiling_covers_variable_size_images(tmp_path):
     Image.fromarray(big).save(root / "masks" / "big.png")
     data = segdata.load(_config(root, **{"data.resize": "tile"}).data, 32)
     keys = [k for k in data.keys if k.startswith("big")]
-    assert keys == ["big.png#0_0", "big.png#0_18", "big.png#32_0", "big.png#32_18", "big.png#38_0", "big.png#38_18"]
+    assert keys == [
+        "big.png#0_0",
+        "big.png#0_18",
+        "big.png#32_0",
+        "big.png#32_18",
+        "big.png#38_0",
+        "big.png#38_18",
+    ]
     last = data.keys.index("big.png#38_18")
     assert data.masks[last][22:, 27:].all() and data.masks[last].sum() == 10 * 5
     assert len({data.groups[data.keys.index(k)] for k in keys}) == 1  # One image, one group.
@@ -71,7 +82,9 @@ def _bad(tmp_path):
 def test_mask_of_wrong_size_names_the_file(tmp_path):
     root = _bad(tmp_path)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(f"{root}/masks/im02.png")
-    with pytest.raises(DataError, match=r"mask .*masks/im02.png is 8x8 but its image .*im02.png is 16x16"):
+    with pytest.raises(
+        DataError, match=r"mask .*masks/im02.png is 8x8 but its image .*im02.png is 16x16"
+    ):
         segdata.load(_config(root).data, 16)
 
 
@@ -84,7 +97,9 @@ def test_mask_with_unexpected_values_names_the_file(tmp_path):
         segdata.load(_config(root).data, 16)
     m[4:8] = 3  # Class ids beyond config.data.num_classes=2.
     Image.fromarray(m[:, :] * (m < 255)).save(f"{root}/masks/im01.png")
-    with pytest.raises(DataError, match=r"masks/im01.png holds class 3, but config.data.num_classes=2"):
+    with pytest.raises(
+        DataError, match=r"masks/im01.png holds class 3, but config.data.num_classes=2"
+    ):
         segdata.load(_config(root).data, 16)
 
 
@@ -97,7 +112,9 @@ def test_image_without_mask_in_labeled_manifest_names_the_file(tmp_path):
     (tmp_path / "bad" / "masks" / victim).unlink()
     config = _config(root, **{"data.manifest": str(tmp_path / "manifest.json")})
     data = segdata.load(config.data, 16)
-    with pytest.raises(DataError, match=rf"puts .*images/{victim} in its labeled train split, but it has no mask"):
+    with pytest.raises(
+        DataError, match=rf"puts .*images/{victim} in its labeled train split, but it has no mask"
+    ):
         segdata.make_manifest(data, config)
 
 

@@ -29,7 +29,8 @@ def test_weighted_ce_dice_and_median_frequency_match_numpy():
     y = np.eye(3)[labels]
     want_dice = np.mean(
         [
-            1 - (2 * (p[..., c] * y[..., c]).sum() + 1e-5)
+            1
+            - (2 * (p[..., c] * y[..., c]).sum() + 1e-5)
             / ((p[..., c] ** 2).sum() + (y[..., c] ** 2).sum() + 1e-5)
             for c in range(3)
         ]
@@ -54,7 +55,9 @@ def test_fixmatch_masks_by_threshold_and_normalises_by_all_pixels():
     want = (nll[0, 0, 0, 1] + nll[0, 0, 1, 0]) / 4
     np.testing.assert_allclose(float(loss), want, rtol=1e-6)
     assert float(frac) == 0.5
-    valid = jnp.array([[[1.0, 0.0], [1.0, 1.0]]])  # An ignored pixel leaves numerator and denominator.
+    valid = jnp.array(
+        [[[1.0, 0.0], [1.0, 1.0]]]
+    )  # An ignored pixel leaves numerator and denominator.
     loss_v, _ = L.fixmatch_unlabeled_loss(strong, targets, conf, 0.95, valid)
     np.testing.assert_allclose(float(loss_v), nll[0, 0, 0, 1] / 3, rtol=1e-6)
     assert float(L.fixmatch_unlabeled_loss(strong, targets, conf, 1.0)[0]) == 0.0

@@ -64,7 +64,11 @@ def test_empty_rules_never_reward_a_miss():
     lesion[5:9, 5:12] = True
     worst = math.hypot(*shape)
     assert seg.binary_metrics(empty, empty) == {
-        "dice": 1.0, "iou": 1.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0
+        "dice": 1.0,
+        "iou": 1.0,
+        "hd95": 0.0,
+        "asd": 0.0,
+        "assd": 0.0,
     }
     for p, g in ((empty, lesion), (lesion, empty)):  # Missed lesion / false alarm.
         m = seg.binary_metrics(p, g)
@@ -79,10 +83,7 @@ def test_dataset_metrics_micro_and_mean_match_numpy():
     gts[2] = 0  # No foreground at all in one image.
     summary, rows = seg.dataset_metrics(preds, gts, 3)
     want_rows = [
-        {
-            k: np.mean([seg.binary_metrics(p == c, g == c)[k] for c in (1, 2)])
-            for k in seg.PER_IMAGE
-        }
+        {k: np.mean([seg.binary_metrics(p == c, g == c)[k] for c in (1, 2)]) for k in seg.PER_IMAGE}
         for p, g in zip(preds, gts, strict=True)
     ]
     for k in seg.PER_IMAGE:

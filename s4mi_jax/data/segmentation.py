@@ -30,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from s4mi_jax.data import augment, manifests
-from s4mi_jax.data.sources import IMAGE_EXTENSIONS, UNLABELED, FolderSource, read_image, read_mask
+from s4mi_jax.data.sources import IMAGE_EXTENSIONS, UNLABELED, FolderSource, read_image
 from s4mi_jax.errors import ConfigError, DataError
 
 RESIZE_MODES = ("resize", "tile")
@@ -99,9 +99,13 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
 def load(data_cfg: ml_collections.ConfigDict, image_size: int) -> SegmentationData:
     """Reads and checks every image and mask of `data_cfg.root` and brings them to the model size."""
     if data_cfg.resize not in RESIZE_MODES:
-        raise ConfigError(f"config.data.resize={data_cfg.resize!r}: expected one of {RESIZE_MODES}.")
+        raise ConfigError(
+            f"config.data.resize={data_cfg.resize!r}: expected one of {RESIZE_MODES}."
+        )
     if not data_cfg.root:
-        raise ConfigError("config.data.root is not set: a folder with images/ and masks/ is needed.")
+        raise ConfigError(
+            "config.data.root is not set: a folder with images/ and masks/ is needed."
+        )
     folder = FolderSource(data_cfg.root, channels=data_cfg.channels, verify=False)
     root = folder.root
     if not (root / "masks").is_dir():
@@ -267,7 +271,9 @@ class UnlabeledViews(grain.transforms.RandomMap):
         weak = _to_float(image)
         out = {"u_weak": augment.normalize(weak, self.cfg)}
         if self.strong:
-            out["u_strong"] = augment.normalize(strong_photometric(weak, rng, self.cfg.strong), self.cfg)
+            out["u_strong"] = augment.normalize(
+                strong_photometric(weak, rng, self.cfg.strong), self.cfg
+            )
         return out
 
 

@@ -69,7 +69,9 @@ def supervised_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """S4MI's L_sup = ½ [CE_w + Dice(softmax)] (§4.5)."""
     ce = weighted_cross_entropy(logits, labels, weights)
-    dice = dice_loss(jax.nn.softmax(logits.astype(at_least_float32(logits.dtype))), labels, num_classes)
+    dice = dice_loss(
+        jax.nn.softmax(logits.astype(at_least_float32(logits.dtype))), labels, num_classes
+    )
     return 0.5 * (ce + dice), {"ce": ce, "dice_loss": dice}
 
 

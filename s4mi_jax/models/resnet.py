@@ -231,7 +231,9 @@ class ResNet(nnx.Module):
         self.feature_dim: int = in_ch
         # For dense prediction (a U-Net on this encoder): where each stage ends, its width and stride.
         self.stage_ends = tuple(int(n) for n in np.cumsum(stage_sizes))
-        self.stage_channels = tuple(width * 2**i * block_cls.expansion for i in range(len(stage_sizes)))
+        self.stage_channels = tuple(
+            width * 2**i * block_cls.expansion for i in range(len(stage_sizes))
+        )
         first = 4 if stem == "imagenet" else 1
         self.stage_strides = tuple(first * 2**i for i in range(len(stage_sizes)))
         self.stem_channels, self.stem_stride = width, 2 if stem == "imagenet" else 1

@@ -67,7 +67,9 @@ class AutoencoderPostProcessing(nnx.Module):
 
     def __init__(self, width: int, expand: int, hidden: tuple[int, ...], *, rngs: nnx.Rngs):
         dims = [width, expand * width, *hidden, width]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims, dims[1:])])
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        )
 
     def __call__(self, logits: jax.Array) -> jax.Array:
         x = jnp.swapaxes(logits, 2, 3)  # (N, H, C, W): Linear over W.
@@ -76,7 +78,9 @@ class AutoencoderPostProcessing(nnx.Module):
         return jnp.swapaxes(x, 2, 3)
 
 
-def build_supervised(cfg: Any, app_cfg: Any, image_size: int, in_channels: int, num_classes: int, rngs):
+def build_supervised(
+    cfg: Any, app_cfg: Any, image_size: int, in_channels: int, num_classes: int, rngs
+):
     """The segmenter; with `app_cfg.enabled`, an `app` attribute holding the APP head beside it
     (top-level, so the segmenter's `encoder` sub-tree keeps its place for `init_from`)."""
     model = build_segmenter(cfg, in_channels, num_classes, rngs)

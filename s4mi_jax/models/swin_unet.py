@@ -38,18 +38,26 @@ def _dense(d_in, d_out, *, dtype, param_dtype, rngs, bias: bool = True) -> nnx.L
     if bias:
         return _linear(d_in, d_out, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     return nnx.Linear(
-        d_in, d_out, use_bias=False, kernel_init=_trunc, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        d_in,
+        d_out,
+        use_bias=False,
+        kernel_init=_trunc,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _relative_index(window: int) -> np.ndarray:
-    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(
+        2, -1
+    )
     rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shift_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
     """(windows, window², window²) additive mask: -100 between tokens from different regions."""
     img = np.zeros((h, w), np.int32)
@@ -67,7 +75,9 @@ class WindowAttention(nnx.Module):
         self.heads, self.window = heads, window
         self.qkv = _dense(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.proj = _dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.bias_table = nnx.Param(_trunc(rngs.params(), ((2 * window - 1) ** 2, heads), param_dtype))
+        self.bias_table = nnx.Param(
+            _trunc(rngs.params(), ((2 * window - 1) ** 2, heads), param_dtype)
+        )
 
     def __call__(self, x: jax.Array, mask: np.ndarray | None) -> jax.Array:
         b, t, d = x.shape  # b = batch × windows, t = window².
@@ -78,9 +88,10 @@ class WindowAttention(nnx.Module):
         logits = logits + jnp.transpose(bias, (2, 0, 1))[None].astype(logits.dtype)
         if mask is not None:
             nw = mask.shape[0]
-            logits = logits.reshape(b // nw, nw, self.heads, t, t) + jnp.asarray(
-                mask, logits.dtype
-            )[None, :, None]
+            logits = (
+                logits.reshape(b // nw, nw, self.heads, t, t)
+                + jnp.asarray(mask, logits.dtype)[None, :, None]
+            )
             logits = logits.reshape(b, self.heads, t, t)
         probs = jax.nn.softmax(logits.astype(at_least_float32(logits.dtype)), axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
@@ -211,7 +222,10 @@ class SwinUNet(nnx.Module):
         self.norm = _norm(embed_dim * 2 ** (n - 1), param_dtype, rngs)
         # Decoder: level i (deep to shallow) expands embed·2^i -> embed·2^(i-1).
         self.expands = nnx.List(
-            [PatchExpand(embed_dim * 2**i, 2, embed_dim * 2 ** (i - 1), **kw) for i in range(n - 1, 0, -1)]
+            [
+                PatchExpand(embed_dim * 2**i, 2, embed_dim * 2 ** (i - 1), **kw)
+                for i in range(n - 1, 0, -1)
+            ]
         )
         self.concat_back = nnx.List(
             [_dense(2 * embed_dim * 2**i, embed_dim * 2**i, **kw) for i in range(n - 2, -1, -1)]
@@ -244,7 +258,9 @@ class SwinUNet(nnx.Module):
                 x = self.merges[i](x)
         x = self.norm(x).astype(self.dtype)
         skips.pop()  # The bottleneck's own input is not a skip (reference: x_downsample[3 - inx]).
-        for expand, back, blocks_i in zip(self.expands, self.concat_back, self.up_stages, strict=True):
+        for expand, back, blocks_i in zip(
+            self.expands, self.concat_back, self.up_stages, strict=True
+        ):
             x = expand(x)
             x = back(jnp.concatenate([x, skips.pop()], axis=-1))
             for block in blocks_i:

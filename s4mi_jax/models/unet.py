@@ -31,7 +31,13 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 
 def _conv3(c_in: int, c_out: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(
-        c_in, c_out, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        c_in,
+        c_out,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
     )
 
 
@@ -94,17 +100,25 @@ class UNet(nnx.Module):
         ch = list(channels)
         self.down = nnx.List(
             [
-                ConvBlock(in_channels if i == 0 else ch[i - 1], ch[i], float(dropout_rates[i]), **kw)
+                ConvBlock(
+                    in_channels if i == 0 else ch[i - 1], ch[i], float(dropout_rates[i]), **kw
+                )
                 for i in range(len(ch))
             ]
         )
         self.up = nnx.List(
             [UpBlock(ch[i + 1], ch[i], ch[i], 2, **kw) for i in reversed(range(len(ch) - 1))]
         )
-        self.out = _conv3(ch[0], num_classes, dtype=dtype, param_dtype=at_least_float32(param_dtype), rngs=rngs)
+        self.out = _conv3(
+            ch[0], num_classes, dtype=dtype, param_dtype=at_least_float32(param_dtype), rngs=rngs
+        )
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        rngs = list(jax.random.split(rng, len(self.down))) if rng is not None else [None] * len(self.down)
+        rngs = (
+            list(jax.random.split(rng, len(self.down)))
+            if rng is not None
+            else [None] * len(self.down)
+        )
         x = jnp.asarray(x, self.dtype)
         skips = []
         for i, block in enumerate(self.down):
@@ -144,7 +158,13 @@ class EncoderUNet(nnx.Module):
             if strides[0] == 2
             else None
         )
-        self.out = _conv3(widths[0], num_classes, dtype=dtype, param_dtype=at_least_float32(param_dtype), rngs=rngs)
+        self.out = _conv3(
+            widths[0],
+            num_classes,
+            dtype=dtype,
+            param_dtype=at_least_float32(param_dtype),
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         del rng  # No dropout in ResNets.

@@ -59,7 +59,9 @@ def make_train_step(
             for b in BRANCHES:
                 sup, _ = seglosses.supervised_loss(logits[b][:nl], yl, weights, num_classes)
                 probs_u = jax.nn.softmax(logits[b][nl:].astype(jnp.float32))
-                cross = seglosses.dice_loss(probs_u.astype(logits[b].dtype), pseudo[other[b]], num_classes)
+                cross = seglosses.dice_loss(
+                    probs_u.astype(logits[b].dtype), pseudo[other[b]], num_classes
+                )
                 total = total + sup + weight * cross
                 aux[f"loss_sup_{b}"], aux[f"loss_cross_{b}"] = sup, cross
                 aux[f"pixel_accuracy_{b}"] = segment.pixel_accuracy(logits[b][:nl], yl)
@@ -73,7 +75,11 @@ def make_train_step(
             model_state=model_state,
             opt_state=opt_state,
         )
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "consistency_weight": weight}
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "consistency_weight": weight,
+        }
         metrics.update({f"grad_norm_{b}": optax.global_norm(grads[b]) for b in BRANCHES})
         return new_state, {**metrics, **aux}
 

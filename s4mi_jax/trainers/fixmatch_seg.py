@@ -123,7 +123,7 @@ def method(config: ml_collections.ConfigDict) -> segment.SegMethod:
         return StudentTeacher(student, teacher)
 
     return segment.SegMethod(
-        name="fixmatch",
+        name="fixmatch_seg",
         build_model=build,
         make_step=lambda g, tx, w, _: make_train_step(g, tx, w, c, fm),
         predictors={"": (lambda m: m.teacher) if use_teacher else (lambda m: m)},

@@ -56,7 +56,9 @@ class SegMethod:
     strong_view: bool = False
     trainable: nnx.filterlib.Filter = nnx.Param
     wrap_tx: Callable[[optax.GradientTransformation], optax.GradientTransformation] = lambda tx: tx
-    init_prefix: str | None = "encoder"  # Where `config.init_from`'s encoder goes (None: unsupported).
+    init_prefix: str | None = (
+        "encoder"  # Where `config.init_from`'s encoder goes (None: unsupported).
+    )
 
 
 def pixel_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -118,7 +120,7 @@ def app_tx(config: ml_collections.ConfigDict):
 def method(config: ml_collections.ConfigDict) -> SegMethod:
     c = config.data.num_classes
     return SegMethod(
-        name="supervised",
+        name="supervised_seg",
         build_model=lambda rngs, ch: build_supervised(
             config.model, config.app, config.aug.image_size, ch, c, rngs
         ),
@@ -207,7 +209,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
     )
     w = None if weights is None else jnp.asarray(weights)
     step_fn = train_state.jit_step(
-        method.make_step(graphdef, tx, w, total_steps), train_state.shardings_of(abstract_state), mesh
+        method.make_step(graphdef, tx, w, total_steps),
+        train_state.shardings_of(abstract_state),
+        mesh,
     )
     labeled = segdata.ArraySource(data, train_idx)
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -258,7 +262,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
             state, encoder_path, init_step = pretrained.load_encoder(
                 state, config.init_from, config.get("init_encoder"), prefix=method.init_prefix
             )
-            write_json(init_path, {"init_from": config.init_from, "encoder": encoder_path, "step": init_step})
+            write_json(
+                init_path,
+                {"init_from": config.init_from, "encoder": encoder_path, "step": init_step},
+            )
             log(f"encoder initialised from {config.init_from}: {encoder_path} (step {init_step})")
     best = {n: {"value": -np.inf, "step": None} for n in names}
     if resume_step is not None and os.path.exists(best_path):
