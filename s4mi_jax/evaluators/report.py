@@ -31,12 +31,13 @@ import numpy as np
 from s4mi_jax.errors import DataError, S4MIError
 
 DEFAULT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+SEGMENTATION_METRICS = ("dice", "iou", "hd95", "asd")  # Segmentation sweeps' defaults.
 
 # Row keys that describe a cell rather than measure it; test metrics never overwrite them.
 META_KEYS = ("method", "label_fraction", "seed", "manifest_hash", "dataset", "wall_time_s", "path")
 
 # Substrings of metric names for which smaller is better (for bolding the best method).
-_LOWER_IS_BETTER = ("loss", "error", "nll", "brier", "ece", "time")
+_LOWER_IS_BETTER = ("loss", "error", "nll", "brier", "ece", "time", "hd95", "asd")
 
 
 def _to_float(value: Any) -> float | None:
@@ -114,6 +115,15 @@ def collect(sweep_dir: str) -> list[dict]:
         )
         rows.append(row)
     return rows
+
+
+def default_metrics(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Classification defaults, or segmentation ones for a sweep whose cells have no classification
+    metric (supervised vs semi-supervised segmentation)."""
+    known = set(available_metrics(rows))
+    if known.isdisjoint(DEFAULT_METRICS) and not known.isdisjoint(SEGMENTATION_METRICS):
+        return SEGMENTATION_METRICS
+    return DEFAULT_METRICS
 
 
 def available_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
