@@ -237,6 +237,7 @@ def seg_model_config(name: str = "unet", **kw) -> ml_collections.ConfigDict:
     cfg = encoder_config(name, width=16, stem="cifar", patch_size=4, embed_dim=96, drop_path=0.2)
     cfg.update(
         dict(
+            levels=5,  # U-Net resolution levels (SSL4MIS: 5; fewer for small images or tests).
             dropout=(0.05, 0.1, 0.2, 0.3, 0.5),  # U-Net encoder dropout per level (SSL4MIS).
             depths=(2, 2, 2, 2),  # Swin-UNet "lite" Swin-T (S4MI).
             swin_heads=(3, 6, 12, 24),
@@ -346,7 +347,9 @@ def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigD
         config.eval.batch_size = 8
     if arg.local:  # Seconds on a CPU: tests and smoke runs.
         config.aug.image_size = 32
-        small = dict(width=4, embed_dim=8, depths=(2, 2), swin_heads=(1, 2), window_size=4)
+        small = dict(
+            width=4, levels=3, embed_dim=8, depths=(2, 2), swin_heads=(1, 2), window_size=4
+        )
         if trainer == "cross_teaching":
             config.model.cnn.update(small)
             config.model.transformer.update(small)

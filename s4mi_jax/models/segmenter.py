@@ -1,7 +1,7 @@
 """Segmentation model registry (`config.model` -> NNX module), the DEDL autoencoder post-processing
 head and the cross-teaching pair.
 
-`config.model.name`: "unet" (SSL4MIS U-Net, channels `width`·[1, 2, 4, 8, 16], width 16 = the
+`config.model.name`: "unet" (SSL4MIS U-Net, channels `width`·[1, 2, 4, 8, 16][:levels], width 16 = the
 reference), "swin_unet" (Swin-UNet), or a classification encoder name ("resnet18", "resnet50"): a
 U-Net decoder on that encoder, whose `encoder` sub-tree loads SSL-pretrained weights
 (`config.init_from`).
@@ -34,7 +34,14 @@ def build_segmenter(cfg: Any, in_channels: int, num_classes: int, rngs: nnx.Rngs
         if w < 1:
             raise ConfigError(f"config.model.width must be a positive integer, got {w}")
         rates = tuple(cfg.dropout) if cfg.get("dropout") is not None else SSL4MIS_DROPOUT
-        return UNet(in_channels, num_classes, tuple(w * 2**i for i in range(5)), rates, **kw)
+        levels = int(cfg.get("levels", 5))
+        if not 2 <= levels <= len(rates):
+            raise ConfigError(
+                f"config.model.levels={levels}: need 2 <= levels <= len(config.model.dropout)="
+                f"{len(rates)}"
+            )
+        channels = tuple(w * 2**i for i in range(levels))
+        return UNet(in_channels, num_classes, channels, rates[:levels], **kw)
     if cfg.name == "swin_unet":
         try:
             return SwinUNet(

@@ -80,9 +80,9 @@ class UpBlock(nnx.Module):
 
 
 class UNet(nnx.Module):
-    """SSL4MIS `UNet`: 5 levels (`channels`, default [16, 32, 64, 128, 256]), encoder dropout per level
-    (`dropout`, default [0.05, 0.1, 0.2, 0.3, 0.5]), max-pool down, transposed-conv up, Conv3×3 out.
-    Input sides must be multiples of 16."""
+    """SSL4MIS `UNet`: one level per entry of `channels` (default 5: [16, 32, 64, 128, 256]), encoder
+    dropout per level (`dropout`, default [0.05, 0.1, 0.2, 0.3, 0.5]), max-pool down, transposed-conv up,
+    Conv3×3 out. Input sides must be multiples of 2**(levels - 1)."""
 
     def __init__(
         self,
