@@ -9,6 +9,7 @@ coordinates them; process 0 finalises the folder).
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -17,19 +18,26 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from s4mi_jax.errors import S4MIError
 
 
+@functools.cache  # Once per process (Orbax warns on every re-registration).
 def _no_replica_parallel_on_cpu() -> None:
     """Orbax's replica-parallel save splits every replicated array across its replicas, one eager slice
     (and one XLA compile) per array and replica. Across hosts that parallelises the write; on a CPU the
     replicas share one memory, so it only costs compiles (seconds per save with 8 simulated devices).
-    Orbax itself turns it off on GPUs; we turn it off on CPUs too. Idempotent."""
+    Orbax itself turns it off on GPUs; we turn it off on CPUs too."""
     if jax.default_backend() == "cpu":
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-        )
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)  # Its "overriding jax.Array" warning.
+        try:
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+            )
+        finally:
+            absl_logging.set_verbosity(verbosity)
 
 
 class Checkpointer:
