@@ -280,29 +280,31 @@ def run(
     return report
 
 
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run folder of s4mi_jax.main (config + checkpoints)."
-)
-_INPUT = flags.DEFINE_list("input", None, "Image folders and/or files, comma-separated.")
-_OUTPUT = flags.DEFINE_string("output", None, "Folder for predictions.csv (created if needed).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Default: the run's config.eval.batch_size.")
+def define_flags() -> None:
+    """The command's flags; defined only when run as a command, so importing this module (tests,
+    notebooks) never collides with `s4mi_jax.main`'s `--workdir`."""
+    flags.DEFINE_string("workdir", None, "Run folder of s4mi_jax.main (config + checkpoints).")
+    flags.DEFINE_list("input", None, "Image folders and/or files, comma-separated.")
+    flags.DEFINE_string("output", None, "Folder for predictions.csv (created if needed).")
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_integer("batch_size", None, "Default: the run's config.eval.batch_size.")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not (_WORKDIR.value and _INPUT.value and _OUTPUT.value):
+    f = flags.FLAGS
+    if not (f.workdir and f.input and f.output):
         raise app.UsageError("--workdir, --input and --output are required")
     if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the report.
         logging.set_verbosity(logging.ERROR)
     try:
         report = run(
-            _WORKDIR.value,
-            _INPUT.value,
-            _OUTPUT.value,
-            checkpoint=_CHECKPOINT.value,
-            batch_size=_BATCH_SIZE.value,
+            f.workdir,
+            f.input,
+            f.output,
+            checkpoint=f.checkpoint,
+            batch_size=f.batch_size,
             log=lambda m: print(m, flush=True),
         )
     except S4MIError as e:
@@ -322,4 +324,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
