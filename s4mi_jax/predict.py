@@ -280,6 +280,11 @@ def run(
     return report
 
 
+def exit_status(report: Report) -> int:
+    """0 when at least one image was predicted (skipped files are reported, not fatal), else 1."""
+    return 0 if report.predicted else 1
+
+
 def define_flags() -> None:
     """The command's flags; defined only when run as a command, so importing this module (tests,
     notebooks) never collides with `s4mi_jax.main`'s `--workdir`."""
@@ -319,8 +324,7 @@ def main(argv: list[str]) -> None:
         print(f"predict: unreadable, skipped ({len(report.skipped)}):", file=sys.stderr)
         for _, reason in report.skipped:  # Each reason names its file.
             print(f"  {reason}", file=sys.stderr)
-    if not report.predicted:
-        sys.exit(1)
+    sys.exit(exit_status(report))
 
 
 if __name__ == "__main__":
