@@ -33,11 +33,7 @@ from configs.paper import datasets
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = datasets.args(arg)
-    config = common.run_config()
-    config.trainer = "cass"
-    config.seed = arg.seed
-    config.data = datasets.data_config(arg.dataset, pretraining=True)
-    config.aug = datasets.paper_aug(384)
+    config = datasets.pretrain_config("cass", arg)
     config.model = dict(
         cnn=datasets.backbone_config("resnet50", 384),
         vit=datasets.backbone_config("vit_base", 384),
@@ -49,11 +45,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim = common.optim_config(
         "adam", 1e-3, schedule="periodic_cosine", cosine_period_steps=16, min_lr=1e-6
     )
-    config.batch_size = 16
-    config.total_epochs = 100.0
-    config.log_every = 50
-    config.ckpt_every = 500
-    # The closing linear probe is multinomial: off for multi-label data.
-    multilabel = datasets.DATASETS[arg.dataset][1]
-    config.eval = dict(linear_probe=not multilabel, probe_at_init=False, batch_size=64, l2=1e-3)
     return config

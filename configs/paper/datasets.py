@@ -86,6 +86,24 @@ def data_config(dataset: str, *, pretraining: bool) -> ml_collections.ConfigDict
     return data
 
 
+def pretrain_config(trainer: str, arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What CASS and DINO pretraining share: data, augmentation, batch 16, 100 epochs (CASS's
+    comparison), the seed, cadence and the closing linear probe."""
+    config = common.run_config()
+    config.trainer = trainer
+    config.seed = arg.seed
+    config.data = data_config(arg.dataset, pretraining=True)
+    config.aug = paper_aug(384)
+    config.batch_size = 16
+    config.total_epochs = 100.0
+    config.log_every = 50
+    config.ckpt_every = 500
+    # The closing linear probe is multinomial: off for multi-label data.
+    multilabel = DATASETS[arg.dataset][1]
+    config.eval = dict(linear_probe=not multilabel, probe_at_init=False, batch_size=64, l2=1e-3)
+    return config
+
+
 def paper_aug(image_size: int = 384) -> ml_collections.ConfigDict:
     """DEDL/CASS's training transform (methods.md §4.1) as near as our augmentations go.
 

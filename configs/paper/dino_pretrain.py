@@ -31,11 +31,7 @@ from configs.paper import datasets
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = datasets.args(arg)
-    config = common.run_config()
-    config.trainer = "dino"
-    config.seed = arg.seed
-    config.data = datasets.data_config(arg.dataset, pretraining=True)
-    config.aug = datasets.paper_aug(384)
+    config = datasets.pretrain_config("dino", arg)
     config.aug.update(
         jitter_prob=0.3,  # lucidrains: ColorJitter(0.8, 0.8, 0.8, 0.2) with p=0.3
         jitter_strength=1.0,
@@ -68,10 +64,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.optim = common.optim_config("adam", 3e-4)
     config.optim.freeze_last_layer_epochs = 1.0
-    config.batch_size = 16
-    config.total_epochs = 100.0
-    config.log_every = 50
-    config.ckpt_every = 500
-    multilabel = datasets.DATASETS[arg.dataset][1]
-    config.eval = dict(linear_probe=not multilabel, probe_at_init=False, batch_size=64, l2=1e-3)
     return config
