@@ -229,3 +229,132 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
         config.ckpt_every = 50
         config.eval.bootstrap = 200
     return config
+
+
+def seg_model_config(name: str = "unet", **kw) -> ml_collections.ConfigDict:
+    """A segmenter's fields (models/segmenter.py): "unet" (SSL4MIS U-Net, channels width·[1..16]),
+    "swin_unet", or a ResNet name (U-Net decoder on that encoder; `init_from` loads its weights)."""
+    cfg = encoder_config(name, width=16, stem="cifar", patch_size=4, embed_dim=96, drop_path=0.2)
+    cfg.update(
+        dict(
+            dropout=(0.05, 0.1, 0.2, 0.3, 0.5),  # U-Net encoder dropout per level (SSL4MIS).
+            depths=(2, 2, 2, 2),  # Swin-UNet "lite" Swin-T (S4MI).
+            swin_heads=(3, 6, 12, 24),
+            window_size=7,
+        )
+    )
+    cfg.update(kw)
+    return cfg
+
+
+SEG_DATASETS = {  # config argument -> (data folder, channels, resize mode)
+    "ph2": ("../shared/data/ph2_dermoscopy", 3, "resize"),
+    "nuclei": ("../shared/data/dsb2018_nuclei_stage1test", 3, "tile"),
+    "lung": ("../shared/data/covid_cxr_lung_segmentation", 1, "resize"),
+}
+
+
+def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigDict:
+    """Segmentation at a label fraction (trainers/segment.py, fixmatch_seg.py, cross_teaching.py).
+
+    Arguments: `nuclei` / `lung` (the other datasets; default PH2), `local` (tiny: tests, smoke runs),
+    `reference` (S4MI's cross-teaching settings, methods.md §4.5: 224×224, U-Net width 16 + Swin-T lite
+    window 7, batch 8 labeled + 8 unlabeled, Adam 3.6e-4 with coupled L2 1e-5, per-iteration periodic
+    cosine T_max=50 to 5e-6, 10k iterations, ramp-up 0.1·exp(−5(1−⌊t/150⌋/200)²), validation every 200),
+    `label_fraction=0.5,seed=1`.
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    arg = parse_arg(
+        arg, local=False, reference=False, nuclei=False, lung=False, label_fraction=1.0, seed=0
+    )
+    dataset = "nuclei" if arg.nuclei else "lung" if arg.lung else "ph2"
+    root, channels, resize = SEG_DATASETS[dataset]
+    config = run_config()
+    config.trainer = trainer
+    config.label_fraction = arg.label_fraction
+    config.seed = arg.seed
+    config.init_from = placeholder(
+        str
+    )  # A pretraining run: its ResNet encoder -> the U-Net encoder.
+    config.init_encoder = placeholder(str)
+    config.data = dict(
+        root=root,  # images/ + masks/ (+ labels.csv for stratification, metadata.csv patient_id).
+        channels=channels,
+        verify=True,
+        num_workers=0,
+        num_classes=2,
+        resize=resize,  # "resize" the whole image, or "tile" it (variable-size microscopy).
+        manifest=placeholder(str),  # Reuse a saved manifest.json (e.g. a classification run's).
+        split_seed=0,
+        val_fraction=0.1,
+        test_fraction=0.2,
+    )
+    config.aug = dict(
+        image_size=64,
+        mean=0.5,
+        std=0.25,
+        max_angle=20,  # Paired rot90/flip or rotation in [-max_angle, max_angle) (SSL4MIS).
+        # Strong view (FixMatch): UniMatch's ColorJitter(0.5, 0.5, 0.5, ~0.25) p=0.8, gray, blur.
+        strong=dict(
+            jitter_prob=0.8,
+            jitter_strength=0.625,
+            grayscale_prob=0.2,
+            blur_prob=0.5,
+            blur_sigma=(0.1, 2.0),
+        ),
+    )
+    config.model = seg_model_config("unet")
+    config.model.image_size = config.aug.get_ref("image_size")
+    config.loss = dict(class_weights="median_frequency")  # or "none"
+    config.app = dict(  # DEDL autoencoder post-processing (supervised only).
+        enabled=False, expand=32, hidden=(256, 128, 64, 32, 16, 32, 64, 128, 256), lr=1e-3
+    )
+    config.fixmatch = dict(threshold=0.95, unlabeled_weight=1.0, cutmix_prob=0.5, ema_decay=0.0)
+    config.cross_teaching = dict(consistency=0.1, rampup_length=200.0, rampup_divisor=150.0)
+    if trainer == "cross_teaching":
+        config.model = dict(
+            cnn=seg_model_config("unet"),
+            transformer=seg_model_config(
+                "swin_unet", embed_dim=48, swin_heads=(3, 6, 12, 24), window_size=4
+            ),
+        )
+        for branch in ("cnn", "transformer"):
+            config.model[branch].image_size = config.aug.get_ref("image_size")
+    config.optim = optim_config("adam", 1e-3, weight_decay=1e-5, min_lr=1e-5)
+    config.batch_size = 8  # Labeled images per step (global).
+    config.unlabeled_batch_size = 8  # Unlabeled images per step (FixMatch, cross teaching).
+    config.total_steps = 1000
+    config.log_every = 50
+    config.eval_every = 200
+    config.ckpt_every = 200
+    config.select_metric = "iou"  # Mean per-image IoU on validation (S4MI).
+    config.eval = dict(batch_size=16, overlays=4)
+    if arg.reference:
+        config.aug.image_size = 224
+        if trainer == "cross_teaching":
+            config.model.transformer.update(embed_dim=96, window_size=7)
+        config.optim.update(
+            base_lr=3.6e-4,
+            weight_decay=1e-5,
+            schedule="periodic_cosine",
+            cosine_period_steps=50,
+            min_lr=5e-6,
+        )
+        config.total_steps = 10000
+        config.eval_every = 200
+        config.ckpt_every = 1000
+        config.eval.batch_size = 8
+    if arg.local:  # Seconds on a CPU: tests and smoke runs.
+        config.aug.image_size = 32
+        small = dict(width=4, embed_dim=8, depths=(2, 2), swin_heads=(1, 2), window_size=4)
+        if trainer == "cross_teaching":
+            config.model.cnn.update(small)
+            config.model.transformer.update(small)
+        else:
+            config.model.update(small)
+        config.total_steps = 4
+        config.log_every = 2
+        config.eval_every = 2
+        config.ckpt_every = 2
+        config.eval.update(batch_size=8, overlays=2)
+    return config

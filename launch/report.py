@@ -29,7 +29,8 @@ _SWEEP_DIR = flags.DEFINE_string(
 _METRICS = flags.DEFINE_list(
     "metrics",
     list(report.DEFAULT_METRICS),
-    "Comma-separated test metrics to report. Default: those of these four that the sweep has.",
+    "Comma-separated test metrics to report. Default: those of these four that the sweep has "
+    f"(segmentation sweeps: {','.join(report.SEGMENTATION_METRICS)}).",
 )
 _OUT = flags.DEFINE_string(
     "out", None, "Where to write report.md/.csv and PNGs. Default: --sweep_dir."
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> None:
                 "and test)"
             )
         if not flags.FLAGS["metrics"].present:  # Defaults: report those this sweep has.
+            metrics = list(report.default_metrics(rows))
             known = set(report.available_metrics(rows))
             absent = [m for m in metrics if m not in known]
             if absent:

@@ -10,6 +10,11 @@ validation or test images); `linear_probe` and `finetune` cells start from it. E
 `python -m s4mi_jax.main` in `<sweep_dir>/<method>/frac_<f>/seed_<s>`: a cell with a results.json is
 skipped, an interrupted one resumes from its own checkpoint, so rerunning the command finishes the sweep.
 `--dry_run` prints the commands without running them.
+
+Segmentation (S4MI's semi-supervised claim): `--methods=supervised_seg,fixmatch_seg,cross_teaching`
+with `--fractions=0.1,0.3,0.5,0.7,1.0` runs the PH2 configs (`--variant=''` for the default scale, or
+`nuclei` / `lung`); the semi-supervised methods skip 100% (no unlabeled images left) and nothing is
+pretrained.
 """
 
 from __future__ import annotations
@@ -21,13 +26,31 @@ import sys
 
 from absl import app, flags
 
+NEEDS_PRETRAINING = ("linear_probe", "finetune")
+# Segmentation methods (the S4MI semi-supervised claim) and their config files; the semi-supervised
+# ones need unlabeled images, so they skip fraction 1.0 (supervised_seg at 100% is their baseline).
+SEGMENTATION = {
+    "supervised_seg": "configs/supervised_seg_ph2.py",
+    "fixmatch_seg": "configs/fixmatch_seg_ph2.py",
+    "cross_teaching": "configs/cross_teaching_ph2.py",
+}
+SEMI_SUPERVISED = ("fixmatch_seg", "cross_teaching")
+
+
+def config_file(method: str, cell_config: str = "configs/{method}_chest.py") -> str:
+    """A segmentation method's PH2 config, else `cell_config` with {method} filled in."""
+    return SEGMENTATION.get(method, cell_config.format(method=method))
+
+
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep.", required=True)
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset folder (None: embedded sample).")
 _VARIANT = flags.DEFINE_string("variant", "local", "Config variant for every run ('' for default).")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.01", "0.1", "1.0"], "Label fractions.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (labeled subset, init, data order).")
 _METHODS = flags.DEFINE_list(
-    "methods", ["supervised", "linear_probe", "finetune"], "Classification methods."
+    "methods",
+    ["supervised", "linear_probe", "finetune"],
+    f"Classification methods, or segmentation methods {list(SEGMENTATION)} (not mixed).",
 )
 _PRETRAIN_CONFIG = flags.DEFINE_string(
     "pretrain_config", "configs/simclr_chest.py", "Self-supervised pretraining config."
@@ -45,8 +68,6 @@ _CELL_OVERRIDES = flags.DEFINE_multi_string(
     "cell_override", [], "Extra `key=value` config overrides for every classification cell."
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands only.")
-
-NEEDS_PRETRAINING = ("linear_probe", "finetune")
 
 
 def _config_arg(path: str, variant: str, **kw) -> str:
@@ -79,10 +100,12 @@ def plan(
             runs.append((pre_dir, cmd + [f"--workdir={pre_dir}"]))
         for method in methods:
             for frac in fractions:
+                if method in SEMI_SUPERVISED and float(frac) >= 1.0:
+                    continue
                 workdir = os.path.join(sweep_dir, method, f"frac_{frac}", f"seed_{seed}")
                 cmd = [
                     _config_arg(
-                        cell_config.format(method=method), variant, label_fraction=frac, seed=seed
+                        config_file(method, cell_config), variant, label_fraction=frac, seed=seed
                     ),
                     *data,
                     *[f"--config.{o}" for o in cell_overrides],

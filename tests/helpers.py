@@ -44,3 +44,26 @@ def max_abs_diff(a, b) -> float:
         float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
         for x, y in zip(leaves_a, leaves_b, strict=True)
     )
+
+
+def make_seg_folder(root, n=16, size=32, unlabeled=(), channels=3, seed=0):
+    """A synthetic segmentation folder: images with a bright disc on noise, masks = the disc (0/255);
+    images listed in `unlabeled` (indices) get no mask. Returns the root path."""
+    import os
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        q = size // 4
+        cy, cx, r = rng.integers(q, size - q + 1), rng.integers(q, size - q + 1), rng.integers(2, q)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img = rng.integers(0, 80, (size, size, channels)) + 150 * disc[..., None]
+        img = img.astype(np.uint8)
+        Image.fromarray(img[..., 0] if channels == 1 else img).save(f"{root}/images/im{i:02d}.png")
+        if i not in unlabeled:
+            Image.fromarray((disc * 255).astype(np.uint8)).save(f"{root}/masks/im{i:02d}.png")
+    return str(root)

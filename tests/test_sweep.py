@@ -9,9 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep_module():
+    """launch/sweep.py, loaded once per process (it defines absl flags) even if this file is
+    imported under two names."""
+    if "s4mi_launch_sweep" in sys.modules:
+        return sys.modules["s4mi_launch_sweep"]
     spec = importlib.util.spec_from_file_location("sweep", ROOT / "launch" / "sweep.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.modules["s4mi_launch_sweep"] = module
     return module
 
 

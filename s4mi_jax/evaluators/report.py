@@ -32,6 +32,7 @@ from s4mi_jax import provenance
 from s4mi_jax.errors import DataError, S4MIError
 
 DEFAULT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+SEGMENTATION_METRICS = ("dice", "iou", "hd95", "asd")  # Segmentation sweeps' defaults.
 
 # Row keys that describe a cell rather than measure it; test metrics never overwrite them.
 META_KEYS = (
@@ -46,7 +47,7 @@ META_KEYS = (
 )
 
 # Substrings of metric names for which smaller is better (for bolding the best method).
-_LOWER_IS_BETTER = ("loss", "error", "nll", "brier", "ece", "time")
+_LOWER_IS_BETTER = ("loss", "error", "nll", "brier", "ece", "time", "hd95", "asd")
 
 
 def _to_float(value: Any) -> float | None:
@@ -163,6 +164,15 @@ def write_provenance_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+
+
+def default_metrics(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Classification defaults, or segmentation ones for a sweep whose cells have no classification
+    metric (supervised vs semi-supervised segmentation)."""
+    known = set(available_metrics(rows))
+    if known.isdisjoint(DEFAULT_METRICS) and not known.isdisjoint(SEGMENTATION_METRICS):
+        return SEGMENTATION_METRICS
+    return DEFAULT_METRICS
 
 
 def available_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:

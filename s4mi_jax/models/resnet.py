@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from s4mi_jax.models.dtypes import at_least_float32
@@ -228,17 +229,34 @@ class ResNet(nnx.Module):
                 in_ch = planes * block_cls.expansion
         self.blocks = nnx.List(blocks)
         self.feature_dim: int = in_ch
+        # For dense prediction (a U-Net on this encoder): where each stage ends, its width and stride.
+        self.stage_ends = tuple(int(n) for n in np.cumsum(stage_sizes))
+        self.stage_channels = tuple(
+            width * 2**i * block_cls.expansion for i in range(len(stage_sizes))
+        )
+        first = 4 if stem == "imagenet" else 1
+        self.stage_strides = tuple(first * 2**i for i in range(len(stage_sizes)))
+        self.stem_channels, self.stem_stride = width, 2 if stem == "imagenet" else 1
+
+    def feature_maps(self, x: jax.Array) -> list[jax.Array]:
+        """The stem's output (before the max-pool) and each stage's last output: the skips of a U-Net
+        decoder (widths `stem_channels`, `stage_channels`; strides `stem_stride`, `stage_strides`)."""
+        x = jnp.asarray(x, self.dtype)
+        x = nnx.relu(self.stem_bn(self.stem_conv(x))).astype(self.dtype)
+        maps = [x]
+        if self.stem == "imagenet":
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i + 1 in self.stage_ends:
+                maps.append(x)
+        return maps
 
     def __call__(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """NHWC images -> (N, feature_dim) float32 features. `rng` is unused (every encoder takes one:
         ViTs use it for drop-path)."""
         del rng
-        x = jnp.asarray(x, self.dtype)
-        x = nnx.relu(self.stem_bn(self.stem_conv(x))).astype(self.dtype)
-        if self.stem == "imagenet":
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for blk in self.blocks:
-            x = blk(x)
+        x = self.feature_maps(x)[-1]
         # Pool in (at least) float32: a bf16 mean over many positions loses precision.
         return jnp.mean(x.astype(at_least_float32(x.dtype)), axis=(1, 2))
 
