@@ -1,8 +1,10 @@
 """Report a finished (or running) sweep: `python launch/report.py --sweep_dir=DIR [--metrics=...] [--out=DIR]`.
 
 Prints the Markdown table (methods compared at each label fraction, mean ± std over seeds) and writes
-`report.md`, `report.csv`, one `<metric>.png` per metric and `curves_<key>.png` (training curves of every
-run, from its metrics.jsonl; `--curves`) into `--out` (default: the sweep folder).
+`report.md`, `report.csv`, `provenance.csv` (one row per run, pretraining included: git commit, config
+hash, manifest hash, dataset fingerprint, devices, versions, wall time, device-hours), one
+`<metric>.png` per metric and `curves_<key>.png` (training curves of every run, from its metrics.jsonl;
+`--curves`) into `--out` (default: the sweep folder).
 Problems the user can fix (no results, a metric name no cell has) print one line and exit with status 2.
 """
 
@@ -79,10 +81,13 @@ def main(argv: list[str]) -> None:
     if datasets:
         header += f", dataset {', '.join(datasets)}"
     header += f". Plots: {', '.join(f'`{_file_name(m)}.png`' for m in metrics)}.\n\n"
+    header += report.provenance_note(rows)
     written = [os.path.join(out, "report.md"), os.path.join(out, "report.csv")]
     with open(written[0], "w") as f:
         f.write(header + table)
     report.write_csv(agg, metrics, written[1])
+    written.append(os.path.join(out, "provenance.csv"))  # What produced every run of the sweep.
+    report.write_provenance_csv(report.collect_provenance(sweep_dir), written[-1])
     for metric in metrics:
         written.append(os.path.join(out, f"{_file_name(metric)}.png"))
         report.plot(agg, metric, written[-1])

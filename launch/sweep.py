@@ -37,8 +37,9 @@ SEGMENTATION = {
 SEMI_SUPERVISED = ("fixmatch_seg", "cross_teaching")
 
 
-def config_file(method: str) -> str:
-    return SEGMENTATION.get(method, f"configs/{method}_chest.py")
+def config_file(method: str, cell_config: str = "configs/{method}_chest.py") -> str:
+    """A segmentation method's PH2 config, else `cell_config` with {method} filled in."""
+    return SEGMENTATION.get(method, cell_config.format(method=method))
 
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep.", required=True)
@@ -53,6 +54,12 @@ _METHODS = flags.DEFINE_list(
 )
 _PRETRAIN_CONFIG = flags.DEFINE_string(
     "pretrain_config", "configs/simclr_chest.py", "Self-supervised pretraining config."
+)
+_CELL_CONFIG = flags.DEFINE_string(
+    "cell_config",
+    "configs/{method}_chest.py",
+    "Config of each classification cell; {method} is replaced by the method name "
+    "(e.g. configs/paper/finetune.py for the S4MI paper configs).",
 )
 _PRETRAIN_OVERRIDES = flags.DEFINE_multi_string(
     "pretrain_override", [], "Extra `key=value` config overrides for pretraining."
@@ -80,6 +87,7 @@ def plan(
     pretrain_config: str,
     pretrain_overrides: list[str],
     cell_overrides: list[str],
+    cell_config: str = "configs/{method}_chest.py",
 ) -> list[tuple[str, list[str]]]:
     """(workdir, command) for every run, pretraining first, in the order they run."""
     data = [f"--config.data.root={data_root}"] if data_root else []
@@ -96,7 +104,9 @@ def plan(
                     continue
                 workdir = os.path.join(sweep_dir, method, f"frac_{frac}", f"seed_{seed}")
                 cmd = [
-                    _config_arg(config_file(method), variant, label_fraction=frac, seed=seed),
+                    _config_arg(
+                        config_file(method, cell_config), variant, label_fraction=frac, seed=seed
+                    ),
                     *data,
                     *[f"--config.{o}" for o in cell_overrides],
                 ]
@@ -118,6 +128,7 @@ def main(argv: list[str]) -> None:
         pretrain_config=_PRETRAIN_CONFIG.value,
         pretrain_overrides=_PRETRAIN_OVERRIDES.value,
         cell_overrides=_CELL_OVERRIDES.value,
+        cell_config=_CELL_CONFIG.value,
     )
     for i, (workdir, args) in enumerate(runs, start=1):
         command = [sys.executable, "-m", "s4mi_jax.main", *args]

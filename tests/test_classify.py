@@ -169,3 +169,18 @@ def test_multilabel_folder_end_to_end(tmp_path):
     )
     assert results["class_names"] == ["b", "tfh", "other"]
     assert "micro_f1" in results["test"] and "balanced_accuracy" not in results["test"]
+
+
+def test_pretraining_results_record_provenance(pretrain_dir):
+    """trainers/pretrain.py (SimCLR, DINO, CASS) writes the same provenance as classification."""
+    with open(os.path.join(pretrain_dir, "results.json")) as f:
+        results = json.load(f)
+    prov = results["provenance"]
+    with open(os.path.join(pretrain_dir, "config.json")) as f:
+        assert prov["config"] == json.load(f) and prov["config"]["trainer"] == "simclr"
+    assert prov["code"]["package_version"] and "git_commit" in prov["code"]
+    assert len(prov["manifest_hash"]) == 64  # The 100% split that keeps val/test out.
+    assert prov["dataset"]["records"] == 320 and len(prov["dataset"]["sha256"]) == 64
+    assert prov["environment"]["device_count"] == jax.device_count()
+    assert prov["device_hours"] == pytest.approx(prov["wall_time_s"] * jax.device_count() / 3600)
+    assert results["environment"]["jax_version"] == jax.__version__

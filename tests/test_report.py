@@ -58,6 +58,12 @@ def _make_sweep(root: Path, manifest=lambda method, fraction, seed: f"h{fraction
                     "test": test,
                     "test_ci95": {"accuracy": [0.1, 0.9]},
                     "wall_time_s": 1.5,
+                    "provenance": {  # As s4mi_jax/provenance.py writes it (abridged).
+                        "code": {"git_commit": "abc123def4567890", "git_dirty": True},
+                        "environment": {"device_kind": "TPU v4", "device_count": 8},
+                        "wall_time_s": 1.5,
+                        "device_hours": 1.5 * 8 / 3600,
+                    },
                 }
                 # One cell one level deeper: discovery must not depend on the layout.
                 sub = "extra/" if (method, fraction, seed) == ("simclr", 1.0, 0) else ""
@@ -195,6 +201,13 @@ def test_markdown_table_flags_different_labelled_subsets(tmp_path: Path):
     assert "100%: not a like-for-like comparison: different seeds" in table
 
 
+def test_aggregate_sums_device_hours_and_lists_code_and_devices(sweep: Path):
+    agg = report.aggregate(report.collect(str(sweep)), METRICS)
+    for e in agg:
+        assert e["device_hours"] == pytest.approx(3 * 1.5 * 8 / 3600)  # Three seeds.
+        assert e["code_versions"] == ["abc123def456+dirty"] and e["devices"] == ["8x TPU v4"]
+
+
 def test_write_csv(sweep: Path, tmp_path: Path):
     agg = report.aggregate(report.collect(str(sweep)), METRICS)
     path = tmp_path / "report.csv"
@@ -244,6 +257,11 @@ def test_cli_end_to_end(sweep: Path, tmp_path: Path):
     assert proc.stdout.count("\n| ") == 6  # One row per (method, fraction).
     assert (out / "report.md").read_text().endswith(proc.stdout)
     assert len((out / "report.csv").read_text().splitlines()) == 7
+    with open(out / "provenance.csv", newline="") as f:
+        prov = list(csv.DictReader(f))
+    assert len(prov) == 19  # 18 cells + the pretraining run, whose provenance is absent here.
+    assert {r["git_commit"] for r in prov} == {"", "abc123def4567890"}
+    assert "Code: abc123def456+dirty." in (out / "report.md").read_text()
     for name in ("accuracy.png", "auroc.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG"

@@ -174,3 +174,14 @@ def test_supervised_run_with_app_writes_results_and_overlays(tmp_path):
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert any("train/app_ce" in r for r in rows) and any("val/iou" in r for r in rows)
+    # The same provenance as every results.json (s4mi_jax/provenance.py): masks are fingerprinted.
+    prov = results["provenance"]
+    assert (
+        prov["manifest_hash"] == results["manifest_hash"] and prov["config"]["trainer"] == "segment"
+    )
+    n_images = len(os.listdir(os.path.join(root, "images")))
+    n_masks = len(os.listdir(os.path.join(root, "masks")))
+    n_csv = len([f for f in os.listdir(root) if f.endswith(".csv")])
+    assert prov["dataset"]["records"] == n_images
+    assert prov["dataset"]["file_count"] == n_images + n_masks + n_csv
+    assert prov["environment"]["device_count"] == jax.device_count() and prov["device_hours"] > 0

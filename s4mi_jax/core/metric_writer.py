@@ -157,17 +157,7 @@ def prepare_workdir(workdir: str, config) -> None:
 
 
 def run_environment() -> dict:
-    """What produced a result: package, JAX and Flax versions, devices."""
-    import flax
+    """What produced a result: package and library versions, devices (`provenance.environment`)."""
+    from s4mi_jax import provenance
 
-    import s4mi_jax
-
-    devices = jax.devices()
-    return {
-        "s4mi_jax_version": s4mi_jax.__version__,
-        "jax_version": jax.__version__,
-        "flax_version": flax.__version__,
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "process_count": jax.process_count(),
-    }
+    return provenance.environment()

@@ -28,13 +28,23 @@ from typing import Any
 
 import numpy as np
 
+from s4mi_jax import provenance
 from s4mi_jax.errors import DataError, S4MIError
 
 DEFAULT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 SEGMENTATION_METRICS = ("dice", "iou", "hd95", "asd")  # Segmentation sweeps' defaults.
 
 # Row keys that describe a cell rather than measure it; test metrics never overwrite them.
-META_KEYS = ("method", "label_fraction", "seed", "manifest_hash", "dataset", "wall_time_s", "path")
+META_KEYS = (
+    "method",
+    "label_fraction",
+    "seed",
+    "manifest_hash",
+    "dataset",
+    "wall_time_s",
+    "path",
+    "provenance",
+)
 
 # Substrings of metric names for which smaller is better (for bolding the best method).
 _LOWER_IS_BETTER = ("loss", "error", "nll", "brier", "ece", "time", "hd95", "asd")
@@ -112,9 +122,48 @@ def collect(sweep_dir: str) -> list[dict]:
             dataset=result.get("dataset"),
             wall_time_s=_to_float(result.get("wall_time_s")),
             path=path,
+            provenance=provenance.flatten(result.get("provenance")),
         )
         rows.append(row)
     return rows
+
+
+def collect_provenance(sweep_dir: str) -> list[dict]:
+    """One row per results.json under ``sweep_dir`` (cells *and* pretraining runs): ``path``,
+    ``trainer``, ``method``, ``label_fraction``, ``seed``, then `provenance.COLUMNS` (empty where a
+    results.json predates provenance). The full config is in each results.json."""
+    rows = []
+    for path in sorted(
+        glob.glob(os.path.join(glob.escape(sweep_dir), "**", "results.json"), recursive=True)
+    ):
+        try:
+            with open(path) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            continue  # `collect` warns about it.
+        prov = result.get("provenance") if isinstance(result, Mapping) else None
+        config = (prov or {}).get("config") or {}
+        rows.append(
+            {
+                "path": os.path.relpath(path, sweep_dir),
+                "trainer": config.get("trainer"),
+                "method": result.get("method") or config.get("trainer"),
+                "label_fraction": result.get("label_fraction"),
+                "seed": result.get("seed", config.get("seed")),
+                **provenance.flatten(prov),
+            }
+        )
+    return rows
+
+
+def write_provenance_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """`collect_provenance` rows as a CSV (``provenance.csv`` of a sweep report)."""
+    columns = ["path", "trainer", "method", "label_fraction", "seed", *provenance.COLUMNS]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
 
 
 def default_metrics(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -184,6 +233,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list
                 c["seed"]: c.get("manifest_hash") for c in cells if c.get("seed") is not None
             },
             "dataset": datasets.pop() if datasets else None,
+            **_provenance_summary(cells),
         }
         for metric in metrics:
             values = np.array([c.get(metric, math.nan) for c in cells], dtype=np.float64)
@@ -194,6 +244,46 @@ def aggregate(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list
             entry[f"{metric}_nan"] = int(values.size - kept.size)
         agg.append(entry)
     return agg
+
+
+def _provenance_summary(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What produced a (method, fraction) row: its cells' commits, devices and summed device-hours."""
+    provs = [c.get("provenance") or {} for c in cells]
+    hours = [p["device_hours"] for p in provs if p.get("device_hours") is not None]
+    commits = {
+        p["git_commit"][:12] + ("+dirty" if p.get("git_dirty") else "")
+        if p.get("git_commit")
+        else p.get("package_version")
+        for p in provs
+    } - {None}
+    devices = {f"{p['device_count']}x {p['device_kind']}" for p in provs if p.get("device_kind")}
+    return {
+        "code_versions": sorted(commits),
+        "devices": sorted(devices),
+        "device_hours": float(sum(hours)) if hours else math.nan,
+    }
+
+
+def provenance_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A paragraph for report.md: code versions, datasets, devices and device-hours of the cells."""
+    s = _provenance_summary(rows)
+    if not s["code_versions"]:
+        return ""  # Results from before provenance was recorded.
+    datasets = sorted(
+        {
+            r["provenance"]["dataset_sha256"][:12]
+            for r in rows
+            if (r.get("provenance") or {}).get("dataset_sha256")
+        }
+    )
+    text = f"Code: {', '.join(s['code_versions'])}."
+    if datasets:
+        text += f" Dataset fingerprint(s): {', '.join(datasets)}."
+    if s["devices"]:
+        text += f" Devices: {', '.join(s['devices'])}."
+    if not math.isnan(s["device_hours"]):
+        text += f" {s['device_hours']:.3g} device-hours over {len(rows)} cells."
+    return text + " Per run: `provenance.csv`.\n\n"
 
 
 def format_fraction(fraction: float) -> str:
@@ -316,6 +406,7 @@ def write_csv(agg: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: st
     columns = ["method", "label_fraction", "n_seeds", "seeds", "dataset"]
     for metric in metrics:
         columns += [f"{metric}_{s}" for s in ("mean", "std", "n", "nan")]
+    columns += ["code_versions", "devices", "device_hours"]  # Per cell: provenance.csv.
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -334,6 +425,11 @@ def write_csv(agg: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: st
                     e[f"{metric}_n"],
                     e[f"{metric}_nan"],
                 ]
+            row += [
+                " ".join(e.get("code_versions", [])),
+                "; ".join(e.get("devices", [])),
+                repr(e.get("device_hours", math.nan)),
+            ]
             writer.writerow(row)
 
 

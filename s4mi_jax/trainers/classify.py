@@ -26,10 +26,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from s4mi_jax import provenance
 from s4mi_jax.core import optim, pretrained, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
-from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, run_environment, write_json
+from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, manifests, pipeline
 from s4mi_jax.data.sources import (
@@ -40,7 +41,7 @@ from s4mi_jax.data.sources import (
     source_keys,
 )
 from s4mi_jax.errors import ConfigError, DataError
-from s4mi_jax.evaluators import features, metrics
+from s4mi_jax.evaluators import features, metrics, predictions
 from s4mi_jax.losses import classification as losses
 from s4mi_jax.models.classifier import build_classifier
 
@@ -110,6 +111,28 @@ def frozen_encoder_tx(tx: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+def model_setup(
+    config: ml_collections.ConfigDict,
+    channels: int,
+    num_classes: int,
+    mesh,
+    num_train: int,
+):
+    """(tx, schedule, total_steps, graphdef, init, abstract_state) of the classifier `config` trains:
+    shared by training, `aot_setup` and `s4mi_jax.predict` (which restores into `abstract_state`)."""
+    tx, schedule, total_steps, _ = optim.for_run(config, num_train)
+    if config.method == "linear_probe":
+        tx = frozen_encoder_tx(tx)
+    graphdef, init, abstract_state = train_state.initializer(
+        lambda rngs: build_classifier(config.model, channels, num_classes, rngs),
+        tx,
+        config.seed,
+        mesh,
+        rules=sharding.rules_from_config(config),
+    )
+    return tx, schedule, total_steps, graphdef, init, abstract_state
+
+
 def load_splits(config: ml_collections.ConfigDict):
     """(source, manifest, train/val/test sources); validates the data before anything is written."""
     source = open_from_config(config.data)
@@ -148,12 +171,28 @@ def _counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=num_classes)
 
 
-def _probs(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    if multilabel:
-        return 1 / (1 + np.exp(-logits))
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def _loss(config: ml_collections.ConfigDict, multilabel: bool) -> Callable:
+    name = config.loss.name
+    if multilabel and name == "cross_entropy":
+        name = "sigmoid_cross_entropy"  # Softmax cross-entropy is single-label only.
+    return losses.get_loss(name)
+
+
+def _check_expected(config, source, num_classes: int, multilabel: bool) -> None:
+    """`config.data.num_classes` / `multilabel` (set by the paper configs) must match the data."""
+    expected = config.data.get("num_classes")
+    if expected and expected != num_classes:
+        raise DataError(
+            f"{source.root}: {num_classes} classes {list(source.class_names)[:12]} but "
+            f"config.data.num_classes={expected} (the dataset this config was written for)."
+        )
+    want = config.data.get("multilabel")
+    if want is not None and bool(want) != multilabel:
+        kind = "one 0/1 column per class" if want else "a filename,label table"
+        raise DataError(
+            f"{source.root}: labels.csv is {'multi' if multilabel else 'single'}-label but "
+            f"config.data.multilabel={want}; this config expects {kind}."
+        )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -169,28 +208,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     source, manifest, train_src, val_src, test_src = load_splits(config)
     num_classes = len(source.class_names)
     multilabel = source.labels.ndim == 2
+    _check_expected(config, source, num_classes, multilabel)
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    tx, schedule, total_steps, _ = optim.for_run(config, len(train_src))
     frozen = config.method == "linear_probe"
-    if frozen:
-        tx = frozen_encoder_tx(tx)
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: build_classifier(config.model, source.channels, num_classes, rngs),
-        tx,
-        config.seed,
-        mesh,
-        rules=sharding.rules_from_config(config),
+    tx, schedule, total_steps, graphdef, init, abstract_state = model_setup(
+        config, source.channels, num_classes, mesh, len(train_src)
     )
     counts = _counts(train_src.labels, num_classes)
-    loss_name = config.loss.name
-    if multilabel and loss_name == "cross_entropy":
-        loss_name = "sigmoid_cross_entropy"  # Softmax cross-entropy is single-label only.
     step_fn = train_state.jit_step(
         make_train_step(
             graphdef,
             tx,
-            losses.get_loss(loss_name),
+            _loss(config, multilabel),
             num_classes,
             losses.class_weights(counts, config.loss.class_weights),
             frozen_encoder=frozen,
@@ -214,7 +244,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = Checkpointer.for_run(workdir, config)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
     best_path = os.path.join(workdir, "best.json")
-    meta = {"manifest_hash": manifest.hash, "label_fraction": config.label_fraction}
+    # Kept with every checkpoint: with config.json, what `s4mi_jax.predict` needs to rebuild the model.
+    meta = {
+        "manifest_hash": manifest.hash,
+        "label_fraction": config.label_fraction,
+        "class_names": list(source.class_names),
+        "in_channels": int(source.channels),
+        "multilabel": bool(multilabel),
+    }
     resume_step = checkpointer.latest_step()
     init_path = os.path.join(workdir, "init_from.json")
     if resume_step is not None:
@@ -247,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch_size=config.eval.batch_size,
             mesh=mesh,
         )
-        return labels, _probs(logits, multilabel)
+        return labels, predictions.probabilities(logits, multilabel)
 
     def validate(state: TrainState, step: int) -> dict[str, float]:
         labels, probs = evaluate(state, val_src)
@@ -297,12 +334,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = best_ckpt.restore(abstract_state, None)
     best_ckpt.close()
     labels, probs = evaluate(state, test_src)
+    keys = source_keys(test_src.source)
+    predictions.write_csv(
+        os.path.join(workdir, "test_predictions.csv"),
+        [keys[i] for i in test_src.indices],
+        probs,
+        source.class_names,
+        multilabel=multilabel,
+        labels=labels,
+    )
     test = metrics.classification_metrics(labels, probs, multilabel=multilabel)
     ci = metrics.bootstrap_ci(
         labels, probs, multilabel=multilabel, n_boot=config.eval.bootstrap, seed=config.seed
     )
     writer.write(int(state.step), {f"test/{k}": v for k, v in test.items()})
     writer.close()
+    prov = provenance.record(
+        config,
+        t_start=t_start,
+        source=source,
+        eval_source=test_src if config.data.eval_root else None,
+        manifest_hash=manifest.hash,
+        resumed_from_step=resume_step,
+    )
     results = {
         "method": config.method,
         "label_fraction": config.label_fraction,
@@ -319,8 +373,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "init_from": _read_json(init_path),
         "test": test,
         "test_ci95": {k: list(v) for k, v in ci.items()},
-        "wall_time_s": time.time() - t_start,  # This invocation only.
-        "environment": run_environment(),
+        "wall_time_s": prov["wall_time_s"],  # This invocation only.
+        "environment": prov["environment"],
+        "provenance": prov,
     }
     write_json(os.path.join(workdir, "results.json"), results)
     log(
@@ -339,3 +394,34 @@ def _read_json(path: str):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    """(step, abstract state, abstract global batch) for `s4mi_jax.aot` and the paper-config test: no
+    data read, nothing allocated. Channels and classes from `config.data.channels` / `num_classes`
+    (defaults 1 and 2)."""
+    channels = config.data.channels or 1
+    num_classes = config.data.get("num_classes") or 2
+    multilabel = bool(config.data.get("multilabel"))
+    tx, _, _, graphdef, _, abstract_state = model_setup(
+        config, channels, num_classes, mesh, config.batch_size
+    )
+    step = make_train_step(
+        graphdef,
+        tx,
+        _loss(config, multilabel),
+        num_classes,
+        None,
+        frozen_encoder=config.method == "linear_probe",
+        multilabel=multilabel,
+    )
+    size = config.aug.image_size
+    batch_sharding = sharding.batch_sharding(mesh)
+    label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
+    batch = {
+        "image": jax.ShapeDtypeStruct(
+            (config.batch_size, size, size, channels), jnp.float32, sharding=batch_sharding
+        ),
+        "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=batch_sharding),
+    }
+    return step, abstract_state, batch

@@ -20,15 +20,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from s4mi_jax import provenance
 from s4mi_jax.core import optim, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
-from s4mi_jax.core.metric_writer import (
-    MetricWriter,
-    prepare_workdir,
-    run_environment,
-    write_json,
-)
+from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.data import manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
@@ -62,7 +58,12 @@ class Method:
 
 
 def load_data(config: ml_collections.ConfigDict):
-    """(pretraining source, probe train source, probe test source), or probe sources None.
+    """(pretraining source, probe train source, probe test source), or probe sources None."""
+    return load_data_and_manifest(config)[:3]
+
+
+def load_data_and_manifest(config: ml_collections.ConfigDict):
+    """`load_data`'s sources, then the split manifest (None for unlabeled data).
 
     The split is the classification manifest's at 100% labels (same `data.split_seed`, `val_fraction`,
     `test_fraction`), so pretraining never sees a validation or test patient of the label-fraction
@@ -71,7 +72,7 @@ def load_data(config: ml_collections.ConfigDict):
     source = open_from_config(config.data)
     labeled = is_labeled(source.labels)
     if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
-        return source, None, None
+        return source, None, None, None
     manifest = manifests.make_manifest(
         source_keys(source),
         source.labels,
@@ -96,7 +97,7 @@ def load_data(config: ml_collections.ConfigDict):
         probe_test = SubsetSource(test, test_labeled)
     else:
         probe_test = SubsetSource(source, manifest.test)
-    return pretrain, SubsetSource(source, manifest.train), probe_test
+    return pretrain, SubsetSource(source, manifest.train), probe_test, manifest
 
 
 def linear_probe(
@@ -128,7 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     """Pretrain with `method`, resuming `workdir` if it holds a checkpoint; returns results.json's dict."""
     t_start = time.time()
     # Validates the data before anything is written.
-    source, probe_train, probe_test = load_data(config)
+    source, probe_train, probe_test, manifest = load_data_and_manifest(config)
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
     if len(source) < config.batch_size:
@@ -208,12 +209,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
         writer.close()
         return {}
 
-    results.update(
-        step=int(state.step),
-        train_images=len(source),
-        wall_time_s=time.time() - t_start,  # This invocation only (a resumed run counts its part).
-        environment=run_environment(),
-    )
     if probing:
         probes = _probe_all(
             config, method, graphdef, state, probe_train, probe_test, mesh, "linear_probe"
@@ -222,6 +217,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
         for key, metrics in probes.items():
             name = key.replace("linear_probe", "probe")
             writer.write(int(state.step), {f"eval/{name}_{k}": v for k, v in metrics.items()})
+    prov = provenance.record(
+        config,
+        t_start=t_start,
+        source=source,
+        eval_source=probe_test if config.data.eval_root else None,
+        manifest_hash=None if manifest is None else manifest.hash,
+        resumed_from_step=resume_step,
+    )
+    results.update(
+        step=int(state.step),
+        train_images=len(source),
+        wall_time_s=prov["wall_time_s"],  # This invocation only (a resumed run counts its part).
+        environment=prov["environment"],
+        provenance=prov,
+    )
     writer.close()
     write_json(os.path.join(workdir, "results.json"), results)
     return results

@@ -28,13 +28,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from s4mi_jax import provenance
 from s4mi_jax.core import optim, pretrained, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
-from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, run_environment, write_json
+from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import pipeline
 from s4mi_jax.data import segmentation as segdata
+from s4mi_jax.data.sources import FolderSource
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import segmentation as segmetrics
 from s4mi_jax.losses import segmentation as seglosses
@@ -380,8 +382,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
             f"asd {summary['asd']:.2f}, iou_micro {summary['iou_micro']:.4f}"
         )
     writer.close()
-    results["wall_time_s"] = time.time() - t_start  # This invocation only.
-    results["environment"] = run_environment()
+    prov = provenance.record(
+        config,
+        t_start=t_start,
+        source=FolderSource(data.root, verify=False),  # Its images, masks and CSVs.
+        manifest_hash=manifest.hash,
+        resumed_from_step=resume_step,
+    )
+    results["wall_time_s"] = prov["wall_time_s"]  # This invocation only.
+    results["environment"] = prov["environment"]
+    results["provenance"] = prov
     write_json(os.path.join(workdir, "results.json"), results)
     return results
 

@@ -1,0 +1,332 @@
+"""Apply a trained model to new images.
+
+    python -m s4mi_jax.predict --workdir=runs/ft_10 --input=/data/new_images --output=preds/
+    python -m s4mi_jax.predict --workdir=runs/ft_10 --input=a.png,b.jpg --output=preds/ --checkpoint=latest
+
+Loads the run's `config.json` and a checkpoint (`--checkpoint`: `best` = the model selected on
+validation, the one the run tested (default; a run without one falls back to `latest`); `latest`; or a
+step number), then runs the model jitted over the device mesh in batches of `--batch_size` (default: the
+run's `config.eval.batch_size`). Images of any size are read, converted to the run's channel count and
+resized + normalised by the evaluation's own code (`pipeline.eval_batches` -> `augment.eval_view`), so a
+test image gets exactly the probabilities the run's evaluation gave it (`test_predictions.csv`).
+
+`--input`: folders (their `images/` subfolder if there is one, as for training; files with an image
+extension, not recursive) and/or files, comma-separated. Outputs in `--output`:
+- classifiers (`config.trainer = "classify"`: supervised, linear probe, fine-tune): `predictions.csv`
+  (`file`, `predicted`, `prob_<class>`...: evaluators/predictions.py);
+- `skipped.csv` (`file`, `error`) when some files could not be read: they are listed on stderr and
+  skipped, and the rest is predicted.
+
+Exit status: 0 when at least one image was predicted (even if others were skipped), 1 when none could be
+read (no image found, or every file unreadable), 2 for a bad workdir, checkpoint or flag.
+
+Adding a task: `TASKS` maps the workdir config's `trainer` to a loader `(config, workdir, checkpoint,
+batch_size) -> Predictor`; a Predictor turns decoded images into outputs (`predict`) and opens a writer
+for them (`writer(output_dir)` with `add(files, images, outputs)` per chunk and `close()`). A segmenter
+is one such loader whose writer saves `<stem>.png` masks and overlays.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from s4mi_jax.core import sharding
+from s4mi_jax.core.checkpoint import Checkpointer
+from s4mi_jax.data.sources import READABLE_EXTENSIONS, read_image
+from s4mi_jax.errors import ConfigError, S4MIError
+from s4mi_jax.evaluators import features, predictions
+
+# Images decoded and held at once: outputs are written chunk by chunk, memory stays bounded.
+CHUNK_BATCHES = 4
+
+
+class Writer(Protocol):
+    def add(self, files: Sequence[str], images: Sequence[np.ndarray], outputs: Any) -> None: ...
+
+    def close(self) -> list[str]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    channels: int  # Images are read with this many channels (the run's).
+    batch_size: int
+    predict: Callable[[list[np.ndarray]], Any]  # decoded uint8 (H, W, C) images -> outputs
+    writer: Callable[[str], Writer]  # output folder -> a writer
+    description: str  # For the log line.
+
+
+@dataclasses.dataclass
+class Report:
+    predicted: list[str]
+    skipped: list[tuple[str, str]]  # (file, reason)
+    written: list[str]
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"--workdir={workdir}: no config.json; not a run folder of s4mi_jax.main."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def resolve_checkpoint(workdir: str, checkpoint: str) -> tuple[str, int]:
+    """(checkpoint folder, step) for `best`, `latest` or a step number."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    best_dir = os.path.join(workdir, "best")
+
+    def steps(folder: str) -> list[int]:
+        if not os.path.isdir(folder):
+            return []
+        return sorted(int(p) for p in os.listdir(folder) if p.isdigit())
+
+    if checkpoint == "best":
+        if steps(best_dir):
+            return best_dir, steps(best_dir)[-1]
+        checkpoint = "latest"  # No validation ran yet (or the method has none).
+    if checkpoint == "latest":
+        if not steps(ckpt_dir):
+            raise ConfigError(f"--workdir={workdir}: no checkpoint in {ckpt_dir}.")
+        return ckpt_dir, steps(ckpt_dir)[-1]
+    if not checkpoint.isdigit():
+        raise ConfigError(f"--checkpoint={checkpoint!r}: expected best, latest or a step number.")
+    for folder in (ckpt_dir, best_dir):
+        if int(checkpoint) in steps(folder):
+            return folder, int(checkpoint)
+    raise ConfigError(
+        f"--checkpoint={checkpoint}: no such step in {workdir}; saved steps: "
+        f"{steps(ckpt_dir)} (checkpoints/), {steps(best_dir)} (best/)."
+    )
+
+
+def _meta(folder: str, step: int) -> dict:
+    path = os.path.join(folder, str(step), "meta", "metadata")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+class _Images:
+    """Decoded images as a source for `pipeline.eval_batches` (unlabeled records)."""
+
+    def __init__(self, images: list[np.ndarray]):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": np.int32(-1), "index": np.int32(i)}
+
+
+class _ProbabilityCsv:
+    """Collects class probabilities; writes `predictions.csv` at the end."""
+
+    def __init__(self, output_dir: str, class_names: list[str], multilabel: bool):
+        self.path = os.path.join(output_dir, "predictions.csv")
+        self.class_names, self.multilabel = class_names, multilabel
+        self.files: list[str] = []
+        self.probs: list[np.ndarray] = []
+
+    def add(self, files, images, outputs) -> None:
+        del images
+        self.files += list(files)
+        self.probs.append(outputs)
+
+    def close(self) -> list[str]:
+        probs = np.concatenate(self.probs) if self.probs else np.zeros((0, len(self.class_names)))
+        predictions.write_csv(
+            self.path, self.files, probs, self.class_names, multilabel=self.multilabel
+        )
+        return [self.path]
+
+
+def load_classifier(
+    config: ml_collections.ConfigDict, workdir: str, checkpoint: str, batch_size: int | None
+) -> Predictor:
+    """A `classify` run's model at `checkpoint`: images -> class probabilities (N, C)."""
+    from s4mi_jax.trainers import classify
+
+    folder, step = resolve_checkpoint(workdir, checkpoint)
+    meta = _meta(folder, step)
+    if "class_names" not in meta:
+        raise ConfigError(
+            f"{folder}/{step}: the checkpoint does not record its classes and channels (a run from "
+            "before s4mi_jax.predict existed); rerun the training command to write a new checkpoint."
+        )
+    class_names, channels = list(meta["class_names"]), int(meta["in_channels"])
+    multilabel = bool(meta["multilabel"])
+    config.mesh = dict(data=-1, fsdp=1)  # Replicated on whatever devices predict runs on.
+    mesh = sharding.make_mesh(config.mesh)
+    n = mesh.devices.size
+    batch_size = -(-(batch_size or config.eval.batch_size) // n) * n  # A multiple of the devices.
+    *_, graphdef, _, abstract_state = classify.model_setup(
+        config, channels, len(class_names), mesh, config.batch_size
+    )
+    ckpt = Checkpointer(folder)
+    state = ckpt.restore(abstract_state, None, step)
+    ckpt.close()
+    logits_fn = features.make_embed_fn(graphdef, lambda m: m)  # As the run's evaluation.
+
+    def predict(images: list[np.ndarray]) -> np.ndarray:
+        logits, _ = features.extract(
+            logits_fn,
+            state.params,
+            state.model_state,
+            _Images(images),
+            config.aug,
+            batch_size=batch_size,
+            mesh=mesh,
+        )
+        return predictions.probabilities(logits, multilabel)
+
+    return Predictor(
+        channels=channels,
+        batch_size=batch_size,
+        predict=predict,
+        writer=lambda out: _ProbabilityCsv(out, class_names, multilabel),
+        description=(
+            f"{config.method} classifier ({config.model.name}, {len(class_names)} classes"
+            f"{', multi-label' if multilabel else ''}) at step {step} of {folder}"
+        ),
+    )
+
+
+# config.trainer -> loader. Segmentation trainers add theirs here.
+TASKS: dict[str, Callable[..., Predictor]] = {"classify": load_classifier}
+
+
+def list_inputs(inputs: Sequence[str]) -> list[str]:
+    """Image files of `inputs` (folders and files), in the given order, folders sorted by name."""
+    files: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            folder = path / "images" if (path / "images").is_dir() else path
+            files += [
+                str(p)
+                for p in sorted(folder.iterdir())
+                if p.is_file() and p.suffix.lower() in READABLE_EXTENSIONS
+            ]
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise ConfigError(f"--input: {item} is neither a folder nor a file.")
+    return files
+
+
+def run(
+    workdir: str,
+    inputs: Sequence[str],
+    output_dir: str,
+    *,
+    checkpoint: str = "best",
+    batch_size: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Predicts every readable image of `inputs` into `output_dir`; unreadable ones are reported."""
+    config = load_run_config(workdir)
+    trainer = config.get("trainer")
+    if trainer not in TASKS:
+        raise ConfigError(
+            f"--workdir={workdir}: predict does not support config.trainer={trainer!r} yet; "
+            f"it knows {sorted(TASKS)}."
+        )
+    files = list_inputs(inputs)
+    if not files:
+        log(f"predict: no image files ({', '.join(READABLE_EXTENSIONS)}) in {', '.join(inputs)}")
+    predictor = TASKS[trainer](config, workdir, checkpoint, batch_size)
+    log(f"predict: {len(files)} file(s) with the {predictor.description}")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output={output_dir}: {e}") from None
+    writer = predictor.writer(output_dir)
+    report = Report([], [], [])
+    chunk = CHUNK_BATCHES * predictor.batch_size
+    for start in range(0, len(files), chunk):
+        names, images = [], []
+        for path in files[start : start + chunk]:
+            try:
+                images.append(read_image(path, predictor.channels))
+                names.append(path)
+            except S4MIError as e:  # DataError, or a missing optional reader (DICOM).
+                report.skipped.append((path, str(e)))
+            except Exception as e:  # A decoder's own error type (e.g. pydicom) for a bad file.
+                report.skipped.append((path, f"cannot read image {path}: {type(e).__name__}: {e}"))
+        if images:
+            writer.add(names, images, predictor.predict(images))
+            report.predicted += names
+    report.written = writer.close() if report.predicted else []
+    if report.skipped:
+        path = os.path.join(output_dir, "skipped.csv")
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([("file", "error"), *report.skipped])
+        report.written.append(path)
+    return report
+
+
+def exit_status(report: Report) -> int:
+    """0 when at least one image was predicted (skipped files are reported, not fatal), else 1."""
+    return 0 if report.predicted else 1
+
+
+def define_flags() -> None:
+    """The command's flags; defined only when run as a command, so importing this module (tests,
+    notebooks) never collides with `s4mi_jax.main`'s `--workdir`."""
+    flags.DEFINE_string("workdir", None, "Run folder of s4mi_jax.main (config + checkpoints).")
+    flags.DEFINE_list("input", None, "Image folders and/or files, comma-separated.")
+    flags.DEFINE_string("output", None, "Folder for predictions.csv (created if needed).")
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+    flags.DEFINE_integer("batch_size", None, "Default: the run's config.eval.batch_size.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    if not (f.workdir and f.input and f.output):
+        raise app.UsageError("--workdir, --input and --output are required")
+    if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the report.
+        logging.set_verbosity(logging.ERROR)
+    try:
+        report = run(
+            f.workdir,
+            f.input,
+            f.output,
+            checkpoint=f.checkpoint,
+            batch_size=f.batch_size,
+            log=lambda m: print(m, flush=True),
+        )
+    except S4MIError as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(
+        f"predict: {len(report.predicted)} image(s) predicted, {len(report.skipped)} skipped; "
+        f"wrote {', '.join(report.written) or 'nothing'}",
+        flush=True,
+    )
+    if report.skipped:
+        print(f"predict: unreadable, skipped ({len(report.skipped)}):", file=sys.stderr)
+        for _, reason in report.skipped:  # Each reason names its file.
+            print(f"  {reason}", file=sys.stderr)
+    sys.exit(exit_status(report))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
