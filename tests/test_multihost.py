@@ -81,7 +81,7 @@ def _start_pair(args, **kw):
     return [_start(args, process_id=i, port=port, **kw) for i in range(2)]
 
 
-def _finish(procs, timeout=240):
+def _finish(procs, timeout=480):  # A hang guard; a loaded 2-core machine needs minutes.
     outs = []
     for p in procs:
         try:
