@@ -181,7 +181,9 @@ def test_tiles_go_back_where_they_came_from():
         image = rng.integers(0, 255, (*shape, 1), dtype=np.uint8)
         pieces = segdata.to_model_size(image, None, "tile", 16)
         assert all(p[1].shape == (16, 16, 1) and p[2] is None for p in pieces)
-        back = segdata.from_model_size([p[1][..., 0] for p in pieces], [p[0] for p in pieces], shape)
+        back = segdata.from_model_size(
+            [p[1][..., 0] for p in pieces], [p[0] for p in pieces], shape
+        )
         np.testing.assert_array_equal(back, image[..., 0])
     ((corner, small, _),) = segdata.to_model_size(image, image[..., 0], "resize", 8)
     assert corner is None and small.shape == (8, 8, 1)
