@@ -199,3 +199,25 @@ def test_segmentation_paper_config_builds_model_and_step_without_data(name, arg,
     new_state, metrics = jax.eval_shape(step, abstract_state, batch, rng)  # Traced, not compiled.
     assert jax.tree.structure(new_state.params) == jax.tree.structure(params)
     assert {"loss", "app_ce", "dice_loss", "ce"} <= set(metrics) and metrics["loss"].shape == ()
+
+
+def test_sweep_runs_the_segmentation_paper_configs():
+    from tests.test_sweep import _sweep_module
+
+    sweep = _sweep_module()
+    runs = sweep.plan(
+        "/s",
+        data_root="/data/isic",
+        variant="dataset=isic2017",
+        fractions=["0.1", "1.0"],
+        seeds=["73"],
+        methods=["cross_teaching"],
+        pretrain_config="",
+        pretrain_overrides=[],
+        cell_overrides=[],
+        cell_config="configs/paper/cross_teaching.py",
+    )
+    assert [r[1][0] for r in runs] == [  # 100% skipped: cross teaching needs unlabeled images.
+        "--config=configs/paper/cross_teaching.py:dataset=isic2017,label_fraction=0.1,seed=73"
+    ]
+    assert sweep.config_file("cross_teaching") == "configs/cross_teaching_ph2.py"
