@@ -37,9 +37,15 @@ SEGMENTATION = {
 SEMI_SUPERVISED = ("fixmatch_seg", "cross_teaching")
 
 
-def config_file(method: str, cell_config: str = "configs/{method}_chest.py") -> str:
-    """A segmentation method's PH2 config, else `cell_config` with {method} filled in."""
-    return SEGMENTATION.get(method, cell_config.format(method=method))
+DEFAULT_CELL_CONFIG = "configs/{method}_chest.py"
+
+
+def config_file(method: str, cell_config: str = DEFAULT_CELL_CONFIG) -> str:
+    """`cell_config` with {method} filled in; a segmentation method's PH2 config when `cell_config`
+    is the default (e.g. configs/paper/cross_teaching.py replaces it)."""
+    if method in SEGMENTATION and cell_config == DEFAULT_CELL_CONFIG:
+        return SEGMENTATION[method]
+    return cell_config.format(method=method)
 
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep.", required=True)
@@ -58,8 +64,9 @@ _PRETRAIN_CONFIG = flags.DEFINE_string(
 _CELL_CONFIG = flags.DEFINE_string(
     "cell_config",
     "configs/{method}_chest.py",
-    "Config of each classification cell; {method} is replaced by the method name "
-    "(e.g. configs/paper/finetune.py for the S4MI paper configs).",
+    "Config of each cell; {method} is replaced by the method name (e.g. configs/paper/finetune.py "
+    "or configs/paper/cross_teaching.py for the S4MI paper configs; default for segmentation "
+    "methods: their PH2 configs).",
 )
 _PRETRAIN_OVERRIDES = flags.DEFINE_multi_string(
     "pretrain_override", [], "Extra `key=value` config overrides for pretraining."
@@ -87,7 +94,7 @@ def plan(
     pretrain_config: str,
     pretrain_overrides: list[str],
     cell_overrides: list[str],
-    cell_config: str = "configs/{method}_chest.py",
+    cell_config: str = DEFAULT_CELL_CONFIG,
 ) -> list[tuple[str, list[str]]]:
     """(workdir, command) for every run, pretraining first, in the order they run."""
     data = [f"--config.data.root={data_root}"] if data_root else []

@@ -14,6 +14,12 @@ test image gets exactly the probabilities the run's evaluation gave it (`test_pr
 extension, not recursive) and/or files, comma-separated. Outputs in `--output`:
 - classifiers (`config.trainer = "classify"`: supervised, linear probe, fine-tune): `predictions.csv`
   (`file`, `predicted`, `prob_<class>`...: evaluators/predictions.py);
+- segmenters (`segment`, `fixmatch_seg`, `cross_teaching`): `masks/<stem>.png` at the input's own
+  size (0/255 for a binary run, as the training masks; class ids otherwise), `overlays/<stem>.png`
+  (image | prediction) and `masks.csv`. The image goes to the model size as the run's evaluation
+  does (`data.resize`: bilinear resize, or tiles), the class map comes back with nearest neighbour
+  (or the tiles put back). Cross teaching: `--network=cnn` (the U-Net, the method's `test`;
+  default) or `transformer` (the Swin-UNet, `test_transformer`), each with its own best checkpoint;
 - `skipped.csv` (`file`, `error`) when some files could not be read: they are listed on stderr and
   skipped, and the rest is predicted.
 
@@ -21,9 +27,8 @@ Exit status: 0 when at least one image was predicted (even if others were skippe
 read (no image found, or every file unreadable), 2 for a bad workdir, checkpoint or flag.
 
 Adding a task: `TASKS` maps the workdir config's `trainer` to a loader `(config, workdir, checkpoint,
-batch_size) -> Predictor`; a Predictor turns decoded images into outputs (`predict`) and opens a writer
-for them (`writer(output_dir)` with `add(files, images, outputs)` per chunk and `close()`). A segmenter
-is one such loader whose writer saves `<stem>.png` masks and overlays.
+batch_size, network) -> Predictor`; a Predictor turns decoded images into outputs (`predict`) and opens
+a writer for them (`writer(output_dir)` with `add(files, images, outputs)` per chunk and `close()`).
 """
 
 from __future__ import annotations
@@ -83,10 +88,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def resolve_checkpoint(workdir: str, checkpoint: str) -> tuple[str, int]:
-    """(checkpoint folder, step) for `best`, `latest` or a step number."""
+def resolve_checkpoint(workdir: str, checkpoint: str, best: str = "best") -> tuple[str, int]:
+    """(checkpoint folder, step) for `best`, `latest` or a step number; `best` is the folder of the
+    selected weights (cross teaching keeps one per network: `best`, `best_transformer`)."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    best_dir = os.path.join(workdir, "best")
+    best_dir = os.path.join(workdir, best)
 
     def steps(folder: str) -> list[int]:
         if not os.path.isdir(folder):
@@ -108,7 +114,7 @@ def resolve_checkpoint(workdir: str, checkpoint: str) -> tuple[str, int]:
             return folder, int(checkpoint)
     raise ConfigError(
         f"--checkpoint={checkpoint}: no such step in {workdir}; saved steps: "
-        f"{steps(ckpt_dir)} (checkpoints/), {steps(best_dir)} (best/)."
+        f"{steps(ckpt_dir)} (checkpoints/), {steps(best_dir)} ({best}/)."
     )
 
 
@@ -155,12 +161,27 @@ class _ProbabilityCsv:
         return [self.path]
 
 
+def _replicated_mesh(config: ml_collections.ConfigDict, batch_size: int | None):
+    """(mesh over all local devices, parameters replicated; batch size rounded up to a multiple of
+    the devices, default the run's `config.eval.batch_size`)."""
+    config.mesh = dict(data=-1, fsdp=1)  # Whatever devices predict runs on, not the run's mesh.
+    mesh = sharding.make_mesh(config.mesh)
+    n = mesh.devices.size
+    return mesh, -(-(batch_size or config.eval.batch_size) // n) * n
+
+
 def load_classifier(
-    config: ml_collections.ConfigDict, workdir: str, checkpoint: str, batch_size: int | None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    checkpoint: str,
+    batch_size: int | None,
+    network: str | None = None,
 ) -> Predictor:
     """A `classify` run's model at `checkpoint`: images -> class probabilities (N, C)."""
     from s4mi_jax.trainers import classify
 
+    if network is not None:
+        raise ConfigError(f"--network={network}: a classifier has one network; leave it out.")
     folder, step = resolve_checkpoint(workdir, checkpoint)
     meta = _meta(folder, step)
     if "class_names" not in meta:
@@ -170,10 +191,7 @@ def load_classifier(
         )
     class_names, channels = list(meta["class_names"]), int(meta["in_channels"])
     multilabel = bool(meta["multilabel"])
-    config.mesh = dict(data=-1, fsdp=1)  # Replicated on whatever devices predict runs on.
-    mesh = sharding.make_mesh(config.mesh)
-    n = mesh.devices.size
-    batch_size = -(-(batch_size or config.eval.batch_size) // n) * n  # A multiple of the devices.
+    mesh, batch_size = _replicated_mesh(config, batch_size)
     *_, graphdef, _, abstract_state = classify.model_setup(
         config, channels, len(class_names), mesh, config.batch_size
     )
@@ -206,8 +224,141 @@ def load_classifier(
     )
 
 
-# config.trainer -> loader. Segmentation trainers add theirs here.
-TASKS: dict[str, Callable[..., Predictor]] = {"classify": load_classifier}
+class _MaskPngs:
+    """Writes `masks/<stem>.png` (0/255 for two classes, else class ids), `overlays/<stem>.png`
+    (image | prediction) and, at the end, `masks.csv` (`file`, `mask`, `overlay`, `height`, `width`,
+    `foreground_fraction`). Inputs sharing a stem get `<stem>_2.png`, ... (masks.csv says which)."""
+
+    def __init__(self, output_dir: str, num_classes: int):
+        self.output_dir, self.num_classes = output_dir, num_classes
+        for sub in ("masks", "overlays"):
+            os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+        self.rows: list[tuple] = []
+        self.used: set[str] = set()
+
+    def _name(self, path: str) -> str:
+        stem, k = Path(path).stem, 1
+        name = stem
+        while name in self.used:
+            k += 1
+            name = f"{stem}_{k}"
+        self.used.add(name)
+        return name + ".png"
+
+    def add(self, files, images, outputs) -> None:
+        from PIL import Image
+
+        from s4mi_jax.evaluators.segmentation import overlay_strip
+
+        for path, image, class_map in zip(files, images, outputs, strict=True):
+            name = self._name(path)
+            mask = class_map * 255 if self.num_classes == 2 else class_map
+            mask_path = os.path.join(self.output_dir, "masks", name)
+            overlay_path = os.path.join(self.output_dir, "overlays", name)
+            Image.fromarray(mask.astype(np.uint8)).save(mask_path)
+            Image.fromarray(overlay_strip(image, class_map)).save(overlay_path)
+            h, w = class_map.shape
+            self.rows.append((path, mask_path, overlay_path, h, w, float((class_map > 0).mean())))
+
+    def close(self) -> list[str]:
+        path = os.path.join(self.output_dir, "masks.csv")
+        with open(path, "w", newline="") as f:
+            header = ("file", "mask", "overlay", "height", "width", "foreground_fraction")
+            csv.writer(f).writerows([header, *self.rows])
+        return [
+            path,
+            os.path.join(self.output_dir, "masks"),
+            os.path.join(self.output_dir, "overlays"),
+        ]
+
+
+# Cross teaching trains two networks; `--network` picks one (default: the method's `test`, the U-Net).
+SEG_NETWORKS = {"cross_teaching": {"cnn": "", "transformer": "transformer"}}
+
+
+def load_segmenter(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    checkpoint: str,
+    batch_size: int | None,
+    network: str | None = None,
+) -> Predictor:
+    """A `segment` / `fixmatch_seg` / `cross_teaching` run's network at `checkpoint`: images -> class
+    maps (H, W) at each image's own size.
+
+    As the run's evaluation: the image is brought to the model size by `segdata.to_model_size`
+    (`config.data.resize`: whole-image bilinear resize, or tiles) and normalised by
+    `segdata.eval_images`; the network (eval mode) is the one the run selected and tested
+    (`segment.make_predict_fn`, `predict_all`). The class map is brought back to the image's size by
+    `segdata.from_model_size` (nearest neighbour, or the tiles put back)."""
+    import importlib
+
+    from s4mi_jax.data import segmentation as segdata
+    from s4mi_jax.trainers import segment
+
+    method = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}").method(config)
+    networks = SEG_NETWORKS.get(config.trainer, {})
+    if network is not None and network not in networks:
+        raise ConfigError(
+            f"--network={network}: a {config.trainer} run has "
+            + (f"networks {sorted(networks)}." if networks else "one network; leave it out.")
+        )
+    key = networks[network] if network is not None else next(iter(method.predictors))
+    folder, step = resolve_checkpoint(workdir, checkpoint, "best" + (f"_{key}" if key else ""))
+    meta = _meta(folder, step)
+    channels = meta.get("in_channels", config.data.get("channels"))
+    if channels is None:
+        raise ConfigError(
+            f"{folder}/{step}: the checkpoint does not record its input channels (a run from "
+            "before s4mi_jax.predict existed) and config.data.channels is not set; rerun the "
+            "training command to write a new checkpoint."
+        )
+    num_classes = int(meta.get("num_classes", config.data.num_classes))
+    mesh, batch_size = _replicated_mesh(config, batch_size)
+    *_, graphdef, _, abstract_state = segment.model_setup(
+        config, method, int(channels), mesh, config.batch_size
+    )
+    ckpt = Checkpointer(folder)
+    state = ckpt.restore(abstract_state, None, step)
+    ckpt.close()
+    predict_fn = segment.make_predict_fn(graphdef, method.predictors[key])
+    size, mode = config.aug.image_size, config.data.resize
+
+    def predict(images: list[np.ndarray]) -> list[np.ndarray]:
+        pieces = [segdata.to_model_size(image, None, mode, size) for image in images]
+        x = segdata.eval_images(np.stack([p[1] for ps in pieces for p in ps]), config.aug)
+        maps = segment.predict_all(predict_fn, state, x, batch_size, mesh)
+        out, start = [], 0
+        for image, ps in zip(images, pieces, strict=True):
+            corners = [p[0] for p in ps]
+            out.append(
+                segdata.from_model_size(
+                    list(maps[start : start + len(ps)]), corners, image.shape[:2]
+                )
+            )
+            start += len(ps)
+        return out
+
+    which = f"{network or 'cnn'} network, " if networks else ""
+    return Predictor(
+        channels=int(channels),
+        batch_size=batch_size,
+        predict=predict,
+        writer=lambda out: _MaskPngs(out, num_classes),
+        description=(
+            f"{config.trainer} segmenter ({which}{num_classes} classes, {mode} to {size}) at "
+            f"step {step} of {folder}"
+        ),
+    )
+
+
+# config.trainer -> loader.
+TASKS: dict[str, Callable[..., Predictor]] = {
+    "classify": load_classifier,
+    "segment": load_segmenter,
+    "fixmatch_seg": load_segmenter,
+    "cross_teaching": load_segmenter,
+}
 
 
 def list_inputs(inputs: Sequence[str]) -> list[str]:
@@ -236,6 +387,7 @@ def run(
     *,
     checkpoint: str = "best",
     batch_size: int | None = None,
+    network: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Predicts every readable image of `inputs` into `output_dir`; unreadable ones are reported."""
@@ -249,7 +401,7 @@ def run(
     files = list_inputs(inputs)
     if not files:
         log(f"predict: no image files ({', '.join(READABLE_EXTENSIONS)}) in {', '.join(inputs)}")
-    predictor = TASKS[trainer](config, workdir, checkpoint, batch_size)
+    predictor = TASKS[trainer](config, workdir, checkpoint, batch_size, network)
     log(f"predict: {len(files)} file(s) with the {predictor.description}")
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -290,9 +442,14 @@ def define_flags() -> None:
     notebooks) never collides with `s4mi_jax.main`'s `--workdir`."""
     flags.DEFINE_string("workdir", None, "Run folder of s4mi_jax.main (config + checkpoints).")
     flags.DEFINE_list("input", None, "Image folders and/or files, comma-separated.")
-    flags.DEFINE_string("output", None, "Folder for predictions.csv (created if needed).")
+    flags.DEFINE_string(
+        "output", None, "Folder for predictions.csv or masks/ + overlays/ (created if needed)."
+    )
     flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
     flags.DEFINE_integer("batch_size", None, "Default: the run's config.eval.batch_size.")
+    flags.DEFINE_string(
+        "network", None, "Cross teaching: cnn (the U-Net, default) | transformer (the Swin-UNet)."
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -310,6 +467,7 @@ def main(argv: list[str]) -> None:
             f.output,
             checkpoint=f.checkpoint,
             batch_size=f.batch_size,
+            network=f.network,
             log=lambda m: print(m, flush=True),
         )
     except S4MIError as e:

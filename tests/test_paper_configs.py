@@ -10,15 +10,19 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from configs.paper import datasets
 from s4mi_jax.core import sharding
+from s4mi_jax.trainers import cross_teaching
 
 PAPER = sorted(
     p.stem
     for p in (Path(__file__).parents[1] / "configs" / "paper").glob("*.py")
     if p.stem != "datasets"
 )
+CLASSIFICATION = ["cass_pretrain", "dino_pretrain", "finetune"]
+SEGMENTATION = ["cross_teaching", "supervised_seg"]
 
 
 def _variants(name: str) -> list[str]:
@@ -50,10 +54,10 @@ def _load(name: str, arg: str):
 
 
 def test_paper_configs_are_the_expected_set():
-    assert PAPER == ["cass_pretrain", "dino_pretrain", "finetune"]
+    assert PAPER == sorted(CLASSIFICATION + SEGMENTATION)
 
 
-@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_every_variant_loads_locks_and_takes_the_data_root(name):
     for arg in _variants(name):
         config = _load(name, arg)
@@ -110,3 +114,110 @@ def test_paper_config_builds_model_and_trainer_without_data(name, arg, n_params)
         _, metrics = jax.eval_shape(step, abstract_state, batch, rng)
         assert set(metrics) == {"loss", "grad_norm", "accuracy"}
         assert batch["label"].shape == ((16, num_classes) if multilabel else (16,))
+
+
+def _seg_variants(name: str) -> list[str]:
+    fractions = datasets.SEG_FRACTIONS + ((1.0,) if name == "supervised_seg" else ())
+    return [
+        f"dataset={d},label_fraction={f},seed={s}"
+        for d, f, s in itertools.product(datasets.SEG_DATASETS, fractions, datasets.SEG_SEEDS)
+    ]
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_every_segmentation_variant_loads_locks_and_takes_the_data_root(name):
+    for arg in _seg_variants(name):
+        config = _load(name, arg)
+        dataset = _dataset(arg)
+        with pytest.raises(AttributeError, match="roott"):
+            config.data.roott = "/x"
+        assert "REQUIRED:--config.data.root=" in config.data.root  # No silent default data.
+        config.data.root = "/data/" + dataset
+        channels, resize, _ = datasets.SEG_DATASETS[dataset]
+        assert (config.data.channels, config.data.resize) == (channels, resize)
+        assert config.label_fraction == float(arg.split("label_fraction=")[1].split(",")[0])
+        assert config.seed == int(arg.split("seed=")[1]) and config.data.split_seed == 0
+        assert config.aug.image_size == 224 and config.data.num_classes == 2
+        assert config.optim.name == "adam" and config.optim.base_lr == 3.6e-4
+        assert config.optim.weight_decay == 1e-5 and config.optim.schedule == "periodic_cosine"
+        assert config.optim.cosine_period_steps == 50
+        if name == "cross_teaching":
+            assert config.trainer == "cross_teaching" and config.total_steps == 10000
+            assert (config.batch_size, config.unlabeled_batch_size) == (8, 8)
+            assert config.optim.min_lr == 5e-6 and config.select_metric == "iou"
+            cnn, swin = config.model.cnn, config.model.transformer
+            assert (cnn.name, cnn.width, cnn.levels) == ("unet", 16, 5)
+            assert (swin.embed_dim, swin.window_size, swin.drop_path) == (96, 7, 0.2)
+            assert (swin.depths, swin.swin_heads) == ((2, 2, 2, 2), (3, 6, 12, 24))
+            ct = config.cross_teaching
+            assert (ct.consistency, ct.rampup_length, ct.rampup_divisor) == (0.1, 200, 150)
+        else:
+            assert config.trainer == "segment" and config.app.enabled and config.app.lr == 1e-3
+            assert config.total_epochs == 50 and config.total_steps is None
+            assert config.batch_size == 16 and config.optim.min_lr == 3.4e-4
+            assert config.select_metric == "iou_micro" and config.model.name == "unet"
+    assert not _load("supervised_seg", "app=False").app.enabled
+    with pytest.raises(ValueError, match="unknown dataset 'ph2'"):
+        _load(name, "dataset=ph2")
+
+
+# Both networks at 224 (3- and 1-channel data), and the U-Net with its APP head.
+SEG_BUILDS = [
+    ("cross_teaching", "dataset=dermatomyositis", 1),
+    ("supervised_seg", "dataset=isic2017", 3),
+]
+
+
+@pytest.mark.parametrize("name,arg,channels", SEG_BUILDS)
+def test_segmentation_paper_config_builds_model_and_step_without_data(name, arg, channels):
+    config = _load(name, arg)
+    module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
+    mesh = sharding.make_mesh(config.mesh)
+    step, abstract_state, batch = module.aot_setup(config, mesh)  # eval_shape: nothing allocated
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract_state))
+    params = abstract_state.params
+    assert batch["image"].shape == (config.batch_size, 224, 224, channels)
+    if name == "cross_teaching":  # Both networks' forward at 224 (tracing the two-network step
+        # costs 9 s; the step itself is checked at small scale in test_seg_trainers.py).
+        assert set(params) == {"cnn", "transformer"}
+        assert set(batch) == {"image", "mask", "u_weak"}
+        assert batch["u_weak"].shape == (8, 224, 224, channels)
+        graphdef = nnx.graphdef(
+            nnx.eval_shape(lambda: cross_teaching.method(config).build_model(nnx.Rngs(0), channels))
+        )
+
+        def forward(params, model_state, x):
+            model = nnx.merge(graphdef, params, model_state)
+            model.eval()
+            return model.cnn(x), model.transformer(x)
+
+        outs = jax.eval_shape(forward, params, abstract_state.model_state, batch["image"])
+        assert [o.shape for o in outs] == [(8, 224, 224, 2)] * 2
+        return
+    assert "app" in params and set(batch) == {"image", "mask"}
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    new_state, metrics = jax.eval_shape(step, abstract_state, batch, rng)  # Traced, not compiled.
+    assert jax.tree.structure(new_state.params) == jax.tree.structure(params)
+    assert {"loss", "app_ce", "dice_loss", "ce"} <= set(metrics) and metrics["loss"].shape == ()
+
+
+def test_sweep_runs_the_segmentation_paper_configs():
+    from tests.test_sweep import _sweep_module
+
+    sweep = _sweep_module()
+    runs = sweep.plan(
+        "/s",
+        data_root="/data/isic",
+        variant="dataset=isic2017",
+        fractions=["0.1", "1.0"],
+        seeds=["73"],
+        methods=["cross_teaching"],
+        pretrain_config="",
+        pretrain_overrides=[],
+        cell_overrides=[],
+        cell_config="configs/paper/cross_teaching.py",
+    )
+    assert [r[1][0] for r in runs] == [  # 100% skipped: cross teaching needs unlabeled images.
+        "--config=configs/paper/cross_teaching.py:dataset=isic2017,label_fraction=0.1,seed=73"
+    ]
+    assert sweep.config_file("cross_teaching") == "configs/cross_teaching_ph2.py"

@@ -131,3 +131,68 @@ def backbone_config(name: str, image_size: int) -> ml_collections.ConfigDict:
     if name == "resnet50":
         return common.encoder_config("resnet50", width=64, image_size=image_size)
     return common.encoder_config("vit_base", patch_size=16, image_size=image_size)
+
+
+# ---- Segmentation (methods.md §2, §4.4, §4.5) --------------------------------------------------
+#
+# Every dataset is a folder (README "Use your own data", data/segmentation.py), given by one override,
+# `--config.data.root=/path/to/folder`:
+#
+#     ROOT/images/<stem>.jpg|png|tif   every image (any size; brought to aug.image_size = 224)
+#     ROOT/masks/<stem>.png            its mask, same stem: 0/255 (binary lesion / cell masks)
+#     ROOT/labels.csv, metadata.csv    optional: `filename,label` (stratifies the splits, e.g. the
+#                                      diagnosis), `filename,patient_id` (keeps a patient together)
+#
+# An image without a mask is unlabeled (cross teaching uses it; nothing invents a mask). Splits are
+# carved from ROOT (val 10%, test 20%: S4MI's 70/10/20 for Dermofit and Dermatomyositis), patient-
+# grouped, the same for every label fraction, seed and method; the label fractions are nested.
+
+# name -> (input channels, data.resize, what ROOT holds)
+SEG_DATASETS = {
+    # ISIC-2017 Part 1: dermoscopy JPEGs + `ISIC_xxxxxxx_segmentation.png` masks: rename a mask to
+    # the image's stem (`ISIC_xxxxxxx.png`). S4MI uses the official 2000/150/600 split; ours is carved
+    # from ROOT unless `--config.data.manifest=` gives a manifest.json with the official split.
+    "isic2017": (3, "resize", "images/ISIC_*.jpg + masks/ISIC_*.png"),
+    # Dermofit: <CLASS>/<lesion>/<lesion>.png + <lesion>mask.png: flatten to images/<lesion>.png and
+    # masks/<lesion>.png; labels.csv with the class (stratifies, as S4MI's per-class 70/10/20).
+    # S4MI's "Rnorm" (R channel -> R/|RGB|) is not applied here: images are only scaled to [0, 1].
+    "dermofit": (3, "resize", "images/<lesion>.png + masks/<lesion>.png (+ labels.csv class)"),
+    # Dermatomyositis (private): DAPI channel (1 channel), binary cell masks, 1408x1876;
+    # metadata.csv `patient_id` (Myo089, ...). "Interpolated": the whole slide resized to 224.
+    "dermatomyositis": (1, "resize", "images/<slide>.tif (DAPI) + masks/<slide>.png"),
+    # The "tiled" variant: S4MI cuts 480x480 tiles and zooms each to 224; here 224x224 tiles at the
+    # native resolution (data.resize="tile", last tile aligned to the edge), so a tile covers less.
+    "dermatomyositis_tiled": (1, "tile", "as dermatomyositis"),
+}
+
+# S4MI's semi-supervised label fractions (read_output.py: 10p, 30p, 50p, 70p, 99p) and seeds (§4.5).
+SEG_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.99)
+SEG_SEEDS = (73, 211, 1234)
+
+
+def seg_args(arg: str | None, **extra) -> ml_collections.ConfigDict:
+    """The arguments of the segmentation paper configs: dataset, label_fraction, seed (+ `extra`)."""
+    arg = common.parse_arg(arg, dataset="isic2017", label_fraction=0.5, seed=SEG_SEEDS[-1], **extra)
+    if arg.dataset not in SEG_DATASETS:
+        raise ValueError(f"unknown dataset {arg.dataset!r}; known: {sorted(SEG_DATASETS)}")
+    return arg
+
+
+def seg_config(trainer: str, arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """common.segmentation_config(trainer, "reference") (S4MI's cross-teaching settings: 224 px,
+    U-Net width 16, Swin-T lite, batch 8 + 8, Adam 3.6e-4 + L2 1e-5, periodic cosine T_max 50 to
+    5e-6, 10k iterations, validation every 200 on mean IoU) with the dataset's data section."""
+    config = common.segmentation_config(
+        trainer, f"reference,label_fraction={arg.label_fraction},seed={arg.seed}"
+    )
+    channels, resize, _ = SEG_DATASETS[arg.dataset]
+    config.data.update(
+        root=f"REQUIRED:--config.data.root=/path/to/{arg.dataset}",
+        channels=channels,
+        resize=resize,
+        split_seed=0,  # Fixed: the same val/test for every fraction, seed and method.
+        val_fraction=0.1,
+        test_fraction=0.2,
+    )
+    config.ckpt_every = 1000  # S4MI saves every 3000 iterations; more often here (preemption).
+    return config

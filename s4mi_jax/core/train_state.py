@@ -67,11 +67,13 @@ def initializer(
     never pays for an init it throws away.
     """
     rng = jax.random.PRNGKey(seed)
+    graphdefs = []  # The (static) graphdef of the traced build: the model is built once here.
 
     def init_fn(rng):
         model_rng, state_rng = jax.random.split(rng)
         model = build_model(nnx.Rngs(model_rng))
-        _, params, model_state = split_model(model, trainable)
+        graphdef, params, model_state = split_model(model, trainable)
+        graphdefs.append(graphdef)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -80,8 +82,8 @@ def initializer(
             rng=state_rng,
         )
 
-    graphdef = split_model(nnx.eval_shape(lambda: build_model(nnx.Rngs(0))), trainable)[0]
     shapes = jax.eval_shape(init_fn, rng)
+    graphdef = graphdefs[0]
     shardings = sharding.state_shardings(shapes, mesh, rules)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings

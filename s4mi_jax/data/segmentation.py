@@ -96,6 +96,38 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     return np.pad(a, pad)
 
 
+def to_model_size(
+    image: np.ndarray, mask: np.ndarray | None, mode: str, size: int
+) -> list[tuple[tuple[int, int] | None, np.ndarray, np.ndarray | None]]:
+    """[(tile corner (y, x), or None for a whole resized image; image; mask or None)] at the model
+    size, as `mode` ("resize" | "tile") says: what training and evaluation see, and what
+    `s4mi_jax.predict` feeds the model (see `from_model_size` for the way back)."""
+    if mode == "resize":
+        m = None if mask is None else _resize_mask(mask, size)
+        return [(None, _resize_image(image, size), m)]
+    pieces = []
+    for y, x in _tiles(*image.shape[:2], size):
+        m = None if mask is None else _pad(mask[y : y + size, x : x + size], size)
+        pieces.append(((y, x), _pad(image[y : y + size, x : x + size], size), m))
+    return pieces
+
+
+def from_model_size(
+    maps: list[np.ndarray], corners: list[tuple[int, int] | None], shape: tuple[int, int]
+) -> np.ndarray:
+    """The inverse of `to_model_size` for class maps: one (H, W) uint8 map of an image of `shape`.
+    A resized image's map is resized back with nearest neighbour (class ids stay class ids); tiles
+    are put back where they came from (a tile aligned to the far edge overwrites the overlap of the
+    tile before it; padding is cut off)."""
+    h, w = shape
+    if corners == [None]:
+        return np.asarray(Image.fromarray(maps[0].astype(np.uint8)).resize((w, h), Image.NEAREST))
+    out = np.zeros((max(h, maps[0].shape[0]), max(w, maps[0].shape[1])), np.uint8)
+    for (y, x), m in zip(corners, maps, strict=True):
+        out[y : y + m.shape[0], x : x + m.shape[1]] = m
+    return out[:h, :w]
+
+
 def load(data_cfg: ml_collections.ConfigDict, image_size: int) -> SegmentationData:
     """Reads and checks every image and mask of `data_cfg.root` and brings them to the model size."""
     if data_cfg.resize not in RESIZE_MODES:
@@ -123,19 +155,8 @@ def load(data_cfg: ml_collections.ConfigDict, image_size: int) -> SegmentationDa
             )
         group = folder.groups[i] if folder.groups else path.name
         label = int(folder.labels[i]) if folder.labels.ndim == 1 and folder.labels[i] >= 0 else 0
-        if data_cfg.resize == "resize":
-            pieces = [(path.name, _resize_image(image, image_size), mask)]
-            if mask is not None:
-                pieces = [(path.name, pieces[0][1], _resize_mask(mask, image_size))]
-        else:
-            pieces = []
-            for y, x in _tiles(*image.shape[:2], image_size):
-                crop = _pad(image[y : y + image_size, x : x + image_size], image_size)
-                m = None
-                if mask is not None:
-                    m = _pad(mask[y : y + image_size, x : x + image_size], image_size)
-                pieces.append((f"{path.name}#{y}_{x}", crop, m))
-        for key, img, m in pieces:
+        for corner, img, m in to_model_size(image, mask, data_cfg.resize, image_size):
+            key = path.name if corner is None else f"{path.name}#{corner[0]}_{corner[1]}"
             keys.append(key)
             images.append(img)
             masks.append(np.zeros(img.shape[:2], np.uint8) if m is None else m)
@@ -281,8 +302,13 @@ def eval_arrays(
     data: SegmentationData, indices: np.ndarray, cfg: ml_collections.ConfigDict
 ) -> tuple[np.ndarray, np.ndarray]:
     """(normalised images, masks) of rows `indices`, unaugmented."""
-    images = augment.normalize(_to_float(data.images[indices]), cfg)
-    return images, data.masks[indices].astype(np.int32)
+    return eval_images(data.images[indices], cfg), data.masks[indices].astype(np.int32)
+
+
+def eval_images(images: np.ndarray, cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """uint8 (N, S, S, C) model-size images -> the normalised float32 the networks are evaluated on
+    (validation, test and `s4mi_jax.predict`)."""
+    return augment.normalize(_to_float(images), cfg)
 
 
 # ---- Iterators ---------------------------------------------------------------------------------

@@ -103,13 +103,14 @@ _PALETTE = np.array(
 )
 
 
-def overlay_strip(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """uint8 (H, 3W, 3): the image | ground truth over it | prediction over it (classes coloured)."""
+def overlay_strip(image: np.ndarray, *masks: np.ndarray) -> np.ndarray:
+    """uint8 (H, (1 + len(masks))·W, 3): the image | each class map over it (classes coloured), e.g.
+    image | ground truth | prediction (evaluation) or image | prediction (`s4mi_jax.predict`)."""
     img = np.asarray(image, np.float32)
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6) * 255
     img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
     panels = [img]
-    for m in (gt, pred):
+    for m in masks:
         colour = _PALETTE[np.asarray(m) % len(_PALETTE)].astype(np.float32)
         alpha = 0.45 * (np.asarray(m) > 0)[..., None]
         panels.append(img * (1 - alpha) + colour * alpha)

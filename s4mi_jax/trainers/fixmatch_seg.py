@@ -136,3 +136,7 @@ def method(config: ml_collections.ConfigDict) -> segment.SegMethod:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return segment.run(config, workdir, method(config))
+
+
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    return segment.aot_setup_for(config, mesh, method(config))

@@ -136,6 +136,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return run(config, workdir, method(config))
 
 
+def aot_setup(config: ml_collections.ConfigDict, mesh):
+    return aot_setup_for(config, mesh, method(config))
+
+
+# ---- Model setup, shared by the trainers, s4mi_jax.aot and s4mi_jax.predict -------------------
+
+
+def model_setup(
+    config: ml_collections.ConfigDict, method: SegMethod, channels: int, mesh, num_train: int
+):
+    """(tx, schedule, total_steps, graphdef, init, abstract_state) of the model `method` trains:
+    shared by training, `aot_setup` and `s4mi_jax.predict` (which restores into `abstract_state`)."""
+    tx, schedule, total_steps, _ = optim.for_run(config, num_train)
+    tx = method.wrap_tx(tx)
+    graphdef, init, abstract_state = train_state.initializer(
+        lambda rngs: method.build_model(rngs, channels),
+        tx,
+        config.seed,
+        mesh,
+        trainable=method.trainable,
+        rules=sharding.rules_from_config(config),
+    )
+    return tx, schedule, total_steps, graphdef, init, abstract_state
+
+
+def aot_setup_for(config: ml_collections.ConfigDict, mesh, method: SegMethod):
+    """(step, abstract state, abstract global batch) for `s4mi_jax.aot` and the paper-config test: no
+    data read, nothing allocated. Channels from `config.data.channels` (default 3), classes from
+    `config.data.num_classes`."""
+    channels = config.data.channels or 3
+    tx, _, total_steps, graphdef, _, abstract_state = model_setup(
+        config, method, channels, mesh, config.batch_size
+    )
+    weights = None  # Median-frequency weights come from the labeled masks: uniform stand-ins here.
+    if config.loss.class_weights == "median_frequency":
+        weights = jnp.ones((config.data.num_classes,), jnp.float32)
+    step = method.make_step(graphdef, tx, weights, total_steps)
+    s, bs = config.aug.image_size, sharding.batch_sharding(mesh)
+
+    def spec(n, *shape, dtype=jnp.float32):
+        return jax.ShapeDtypeStruct((n, *shape), dtype, sharding=bs)
+
+    batch = {
+        "image": spec(config.batch_size, s, s, channels),
+        "mask": spec(config.batch_size, s, s, dtype=jnp.int32),
+    }
+    if method.unlabeled_views:
+        views = ("u_weak", "u_strong") if method.strong_view else ("u_weak",)
+        batch.update({v: spec(config.unlabeled_batch_size, s, s, channels) for v in views})
+    return step, abstract_state, batch
+
+
 # ---- The shared run ----------------------------------------------------------------------------
 
 
@@ -199,15 +251,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
         )
     mesh = sharding.make_mesh(config.mesh)
     local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    tx, schedule, total_steps, _ = optim.for_run(config, len(train_idx))
-    tx = method.wrap_tx(tx)
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: method.build_model(rngs, data.channels),
-        tx,
-        config.seed,
-        mesh,
-        trainable=method.trainable,
-        rules=sharding.rules_from_config(config),
+    tx, schedule, total_steps, graphdef, init, abstract_state = model_setup(
+        config, method, data.channels, mesh, len(train_idx)
     )
     w = None if weights is None else jnp.asarray(weights)
     step_fn = train_state.jit_step(
@@ -252,7 +297,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
         for n in names
     }
     best_path = os.path.join(workdir, "best.json")
-    meta = {"manifest_hash": manifest.hash, "label_fraction": config.label_fraction}
+    # Kept with every checkpoint: with config.json, what `s4mi_jax.predict` needs to rebuild the model.
+    meta = {
+        "manifest_hash": manifest.hash,
+        "label_fraction": config.label_fraction,
+        "in_channels": int(data.channels),
+        "num_classes": int(num_classes),
+    }
     resume_step = checkpointer.latest_step()
     init_path = os.path.join(workdir, "init_from.json")
     if resume_step is not None:
