@@ -19,7 +19,9 @@ from scipy.optimize import linear_sum_assignment
 def confusion(pred: np.ndarray, gt: np.ndarray, num_pred: int, num_gt: int) -> np.ndarray:
     """(num_pred, num_gt) int64 counts of pixels with prediction i and ground truth j."""
     pred, gt = np.asarray(pred).ravel().astype(np.int64), np.asarray(gt).ravel().astype(np.int64)
-    if pred.size and (pred.min() < 0 or pred.max() >= num_pred or gt.min() < 0 or gt.max() >= num_gt):
+    if pred.size and (
+        pred.min() < 0 or pred.max() >= num_pred or gt.min() < 0 or gt.max() >= num_gt
+    ):
         raise ValueError(f"values outside [0, {num_pred}) x [0, {num_gt})")
     return np.bincount(pred * num_gt + gt, minlength=num_pred * num_gt).reshape(num_pred, num_gt)
 

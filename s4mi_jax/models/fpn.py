@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from s4mi_jax.models.dtypes import at_least_float32, param_dtype_for, parse_dtype
@@ -53,8 +52,8 @@ class FPN(nnx.Module):
 
 def build_fpn(cfg: Any, in_channels: int, rngs: nnx.Rngs) -> FPN:
     """The FPN on the ResNet named by `cfg.name` (`cfg.feature_dim` channels out, default 128)."""
-    from s4mi_jax.models import RESNETS, build_encoder
     from s4mi_jax.errors import ConfigError
+    from s4mi_jax.models import RESNETS, build_encoder
 
     if cfg.name not in RESNETS:
         raise ConfigError(

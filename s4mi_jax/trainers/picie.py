@@ -79,7 +79,9 @@ class PicieViews(grain.transforms.RandomMap):
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         x = element["image"].astype(np.float32) / 255.0
         return {
-            f"view{i}": augment.normalize(segdata.strong_photometric(x, rng, self.cfg.strong), self.cfg)
+            f"view{i}": augment.normalize(
+                segdata.strong_photometric(x, rng, self.cfg.strong), self.cfg
+            )
             for i in (1, 2)
         }
 
@@ -128,26 +130,25 @@ def make_train_step(
     return train_step
 
 
-def make_kmeans_fn(
-    graphdef: nnx.GraphDef, crop_scale: tuple[float, float], iters: int
-) -> Callable:
-    """Jitted `(state, batch, rng, (c1, n1, c2, n2), mode) -> (c1, n1, c2, n2)`, one batch of the
-    centroid refresh; mode "init" (random pixels, then Lloyd), "lloyd" (Lloyd from the given
-    centroids) or "update" (one mini-batch step)."""
+def make_kmeans_fn(graphdef: nnx.GraphDef, crop_scale: tuple[float, float], iters: int) -> Callable:
+    """Jitted `(state, batch, rng, (c1, n1, c2, n2), first, fresh) -> (c1, n1, c2, n2)`, one batch of
+    the centroid refresh: the first batch (`first`, static) runs Lloyd from the given centroids, or
+    from random pixels if `fresh` (a traced flag: one compilation for every epoch); later batches take
+    one mini-batch step."""
     features = make_features_fn(graphdef, crop_scale)
 
-    @functools.partial(jax.jit, static_argnames="mode")
-    def step(state, batch, rng, clusters, mode: str):
+    @functools.partial(jax.jit, static_argnames="first")
+    def step(state, batch, rng, clusters, first: bool, fresh: jax.Array):
         k_view, k1, k2 = jax.random.split(rng, 3)
         f1, f2, _ = features(state.params, state.model_state, batch, k_view)
         out = []
         for f, (c, n), k_init in zip((f1, f2), (clusters[:2], clusters[2:]), (k1, k2), strict=True):
             x = f.reshape(-1, f.shape[-1])
-            if mode == "update":
-                out += kmeans.minibatch_update(c, n, x)
-            else:
-                init = kmeans.random_init(k_init, x, c.shape[0]) if mode == "init" else c
+            if first:
+                init = jnp.where(fresh, kmeans.random_init(k_init, x, c.shape[0]), c)
                 out += kmeans.lloyd(x, init, iters)
+            else:
+                out += kmeans.minibatch_update(c, n, x)
         return tuple(out)
 
     return step
@@ -225,8 +226,12 @@ def score_clusters(
         out[split] = {**scores, **summary}
         if split == "test":
             out["test_preds"], out["test_rows"] = preds, rows
-    own = clustering.hungarian(clustering.confusion(clusters_test, y_test, num_clusters, num_classes))
-    out["test_matched_on_test"] = clustering.matched_scores(clusters_test, y_test, own, num_classes)[0]
+    own = clustering.hungarian(
+        clustering.confusion(clusters_test, y_test, num_clusters, num_classes)
+    )
+    out["test_matched_on_test"] = clustering.matched_scores(
+        clusters_test, y_test, own, num_classes
+    )[0]
     return out
 
 
@@ -284,11 +289,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, 1), epoch)
         ms = state.model_state
-        clusters = (ms["centroids1"].value, None, ms["centroids2"].value, None)
+        zeros = jnp.zeros((k,), jnp.float32)
+        clusters = (ms["centroids1"].value, zeros, ms["centroids2"].value, zeros)
+        fresh = jnp.asarray(epoch == 0)  # Random pixels first; the previous centroids after.
         for b in range(int(config.picie.kmeans_batches)):
-            mode = "update" if b else ("init" if epoch == 0 else "lloyd")
             batch = sharding.put_batch(next(it), mesh)
-            clusters = kmeans_step(state, batch, jax.random.fold_in(rng, b), clusters, mode)
+            rng_b = jax.random.fold_in(rng, b)
+            clusters = kmeans_step(state, batch, rng_b, clusters, first=b == 0, fresh=fresh)
         return _set_centroids(state, clusters[0], clusters[2])
 
     prepare_workdir(workdir, config)
@@ -307,7 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 state, config.init_from, config.get("init_encoder")
             )
             write_json(
-                init_path, {"init_from": config.init_from, "encoder": encoder_path, "step": init_step}
+                init_path,
+                {"init_from": config.init_from, "encoder": encoder_path, "step": init_step},
             )
             log(f"encoder initialised from {config.init_from}: {encoder_path} (step {init_step})")
 
@@ -361,7 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     preds = scored.pop("test_preds")
     per_image = [
-        {"key": data.keys[i], **r} for i, r in zip(manifest.test, scored.pop("test_rows"), strict=True)
+        {"key": data.keys[i], **r}
+        for i, r in zip(manifest.test, scored.pop("test_rows"), strict=True)
     ]
     write_json(os.path.join(workdir, "test_per_image.json"), per_image)
     n_overlay = min(config.eval.overlays, len(test_x))
