@@ -6,17 +6,20 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from configs import picie_ph2
 from s4mi_jax import kmeans
+from s4mi_jax.core import sharding, train_state
 from s4mi_jax.evaluators import clustering
 from s4mi_jax.losses import picie as L
 from s4mi_jax.trainers import picie
-from tests.helpers import make_seg_folder, override
+from tests.helpers import make_seg_folder, max_abs_diff, override
 
 
 def _blobs(n=240, d=5, k=3, seed=0):
@@ -96,6 +99,26 @@ def test_feature_maps_of_the_two_views_align():
     # Without the alignment, the maps differ: the test can fail.
     f_raw = L.l2_normalize(nnx.merge(graphdef, params, rest)(x))
     assert np.abs(np.asarray(f_raw) - np.asarray(f1)).max() > 0.1
+
+
+def test_sharded_step_equals_single_device():
+    """The step on 8 devices (batch split, class-balanced CE over the global batch) equals 1 device."""
+    rng = np.random.default_rng(1)
+    views = {f"view{i}": rng.normal(size=(8, 8, 8, 3)).astype(np.float32) for i in (1, 2)}
+    mu = rng.normal(size=(2, 2, 6)).astype(np.float32)
+    tx = optax.adam(1e-2)
+    out = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), devices)
+        graphdef, init, abstract = train_state.initializer(_Pointwise, tx, 0, mesh)
+        step = train_state.jit_step(
+            picie.make_train_step(graphdef, tx, (0.3, 1.0)), train_state.shardings_of(abstract), mesh
+        )
+        state = picie._set_centroids(init(), mu[0], mu[1])
+        out.append(step(state, sharding.put_batch(views, mesh), jax.random.PRNGKey(0)))
+    (s1, m1), (s8, m8) = out
+    assert float(m1["loss"]) == pytest.approx(float(m8["loss"]), rel=1e-5)
+    assert max_abs_diff(s1.params, s8.params) < 1e-6
 
 
 def test_hungarian_on_a_hand_made_confusion_matrix():

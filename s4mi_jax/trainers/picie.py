@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         it = pipeline.train_iterator(
             source, views, batch_size=local_batch, seed=config.seed + 7919 * (epoch + 1), **kw
         )
-        rng = jax.random.fold_in(jax.random.fold_in(state.rng, 1), epoch)
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, 2**31 - 1), epoch)  # Not a step key.
         ms = state.model_state
         zeros = jnp.zeros((k,), jnp.float32)
         clusters = (ms["centroids1"].value, zeros, ms["centroids2"].value, zeros)
