@@ -112,7 +112,9 @@ def test_sharded_step_equals_single_device():
         mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), devices)
         graphdef, init, abstract = train_state.initializer(_Pointwise, tx, 0, mesh)
         step = train_state.jit_step(
-            picie.make_train_step(graphdef, tx, (0.3, 1.0)), train_state.shardings_of(abstract), mesh
+            picie.make_train_step(graphdef, tx, (0.3, 1.0)),
+            train_state.shardings_of(abstract),
+            mesh,
         )
         state = picie._set_centroids(init(), mu[0], mu[1])
         out.append(step(state, sharding.put_batch(views, mesh), jax.random.PRNGKey(0)))

@@ -553,7 +553,10 @@ def plot(agg: Sequence[Mapping[str, Any]], metric: str, path: str) -> None:
     for e in agg:  # Unsupervised (no labels; not on a log axis): a dashed level line.
         if e["label_fraction"] == 0 and not math.isnan(e[f"{metric}_mean"]):
             ax.axhline(
-                e[f"{metric}_mean"], linestyle="--", color="gray", label=f"{e['method']} (no labels)"
+                e[f"{metric}_mean"],
+                linestyle="--",
+                color="gray",
+                label=f"{e['method']} (no labels)",
             )
             plotted = True
     for k, method in enumerate(methods):
