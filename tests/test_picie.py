@@ -184,3 +184,59 @@ def test_tiny_picie_run_writes_results(tmp_path):
     assert set(results["baselines"]) == {"all_foreground", "mean_intensity_threshold"}
     metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert any("val/miou" in m for m in metrics)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("picie.num_clusters", 1, "config.picie.num_clusters"),
+        ("picie.kmeans_batches", 0, "config.picie.kmeans_batches"),
+        ("picie.crop_scale", (0.0, 1.0), "config.picie.crop_scale"),
+    ],
+)
+def test_bad_picie_settings_name_the_key(key, value, match):
+    from s4mi_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        picie._check_config(override(picie_ph2.get_config("local"), **{key: value}), 2)
+
+
+def test_fpn_needs_a_resnet():
+    from s4mi_jax.errors import ConfigError
+    from s4mi_jax.models.fpn import build_fpn
+
+    with pytest.raises(ConfigError, match="config.model.name='unet'"):
+        build_fpn(override(picie_ph2.get_config("local"), **{"model.name": "unet"}).model, 3, None)
+
+
+def test_ssl_encoder_loads_into_the_fpn_and_nothing_else(tmp_path):
+    """`config.init_from=<weights file>` (as from an SSL run's export) sets the FPN's `encoder` only:
+    the laterals and centroids keep their values."""
+    from s4mi_jax.core import pretrained
+    from s4mi_jax.core.train_state import TrainState
+    from s4mi_jax.models import weights
+
+    config = picie_ph2.get_config("local")
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: picie.build_model(config, 3, nnx.Rngs(0))))
+
+    def model(seed):  # Random values in every variable (positive: BatchNorm variances).
+        rng = np.random.default_rng(seed)
+        fill = lambda s: rng.uniform(0.1, 1.0, s.shape).astype(s.dtype)  # noqa: E731
+        return nnx.merge(graphdef, jax.tree.map(fill, shapes))
+
+    _, params, rest = nnx.split(model(1), nnx.Param, ...)
+    params, rest = jax.device_put(params), jax.device_put(rest)
+    fresh = TrainState(jnp.zeros((), jnp.int32), params, rest, {}, jax.random.PRNGKey(0))
+    source = model(7)
+    path = str(tmp_path / "ssl.safetensors")
+    weights.export_encoder(weights.encoder_state(source.encoder), path)
+    loaded, _, _ = pretrained.load_encoder(fresh, path)
+    got = {**weights.flatten(loaded.params), **weights.flatten(loaded.model_state)}
+    before = {**weights.flatten(fresh.params), **weights.flatten(fresh.model_state)}
+    want = weights.encoder_state(source.encoder)
+    for name, value in got.items():
+        if name.startswith("encoder/"):
+            np.testing.assert_array_equal(value, want[name.removeprefix("encoder/")])
+        else:
+            np.testing.assert_array_equal(value, before[name])
+    assert any(n.startswith("centroids") for n in got) and any(n.startswith("lateral") for n in got)
