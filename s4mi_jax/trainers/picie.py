@@ -280,7 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     views = PicieViews(config.aug)
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     data_iter = pipeline.train_iterator(
-        source, views, batch_size=local_batch, seed=config.seed, **kw
+        source,
+        views,
+        batch_size=local_batch,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        **kw,
     )
 
     def refresh(state: TrainState, epoch: int) -> TrainState:
