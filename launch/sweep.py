@@ -14,7 +14,8 @@ skipped, an interrupted one resumes from its own checkpoint, so rerunning the co
 Segmentation (S4MI's semi-supervised claim): `--methods=supervised_seg,fixmatch_seg,cross_teaching`
 with `--fractions=0.1,0.3,0.5,0.7,1.0` runs the PH2 configs (`--variant=''` for the default scale, or
 `nuclei` / `lung`); the semi-supervised methods skip 100% (no unlabeled images left) and nothing is
-pretrained.
+pretrained. `picie` (unsupervised, PiCIE) adds the "unsupervised" row: one cell per seed, whatever
+the fractions (`<method>/frac_0/seed_<s>`; it uses no training labels).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ SEGMENTATION = {
     "supervised_seg": "configs/supervised_seg_ph2.py",
     "fixmatch_seg": "configs/fixmatch_seg_ph2.py",
     "cross_teaching": "configs/cross_teaching_ph2.py",
+    "picie": "configs/picie_ph2.py",
 }
 SEMI_SUPERVISED = ("fixmatch_seg", "cross_teaching")
+UNSUPERVISED = ("picie",)  # No training labels: one cell per seed, reported at label fraction 0.
 
 
 DEFAULT_CELL_CONFIG = "configs/{method}_chest.py"
@@ -106,6 +109,11 @@ def plan(
             cmd += [f"--config.{o}" for o in pretrain_overrides]
             runs.append((pre_dir, cmd + [f"--workdir={pre_dir}"]))
         for method in methods:
+            if method in UNSUPERVISED:
+                workdir = os.path.join(sweep_dir, method, "frac_0", f"seed_{seed}")
+                cmd = [_config_arg(config_file(method), variant, seed=seed), *data]
+                runs.append((workdir, cmd + [f"--workdir={workdir}"]))
+                continue
             for frac in fractions:
                 if method in SEMI_SUPERVISED and float(frac) >= 1.0:
                     continue

@@ -53,3 +53,31 @@ def test_report_defaults_to_segmentation_metrics_and_bolds_lowest_distance(tmp_p
     assert "| supervised_seg | 50% | 1 | 0.700 | 7.000 |" in table
     classification = [{"accuracy": 0.9, "dice": 0.1}]
     assert report.default_metrics(classification) == report.DEFAULT_METRICS
+
+
+def test_picie_is_one_unsupervised_cell_per_seed_and_its_own_report_row(tmp_path):
+    runs = _sweep_module().plan(
+        "S",
+        data_root=None,
+        variant="local",
+        fractions=["0.1", "1.0"],
+        seeds=["0", "1"],
+        methods=["supervised_seg", "picie"],
+        pretrain_config="unused.py",
+        pretrain_overrides=[],
+        cell_overrides=[],
+    )
+    picie = [(w, c) for w, c in runs if "/picie/" in w]
+    assert [w for w, _ in picie] == ["S/picie/frac_0/seed_0", "S/picie/frac_0/seed_1"]
+    assert picie[0][1][0] == "--config=configs/picie_ph2.py:local,seed=0"
+    for method, frac, iou in (("supervised_seg", 1.0, 0.8), ("picie", 0.0, 0.3)):
+        d = tmp_path / method
+        d.mkdir()
+        test = {"dice": iou + 0.1, "iou": iou, "hd95": 5.0, "asd": 2.0}
+        result = {"method": method, "label_fraction": frac, "seed": 0, "test": test}
+        (d / "results.json").write_text(json.dumps(result))
+    agg = report.aggregate(report.collect(str(tmp_path)), ["iou"])
+    table = report.markdown_table(agg, ["iou"])
+    assert "| picie | 0% (unsupervised) | 1 | 0.300 |" in table
+    report.plot(agg, "iou", str(tmp_path / "iou.png"))  # The unsupervised level as a line.
+    assert (tmp_path / "iou.png").stat().st_size > 0

@@ -105,9 +105,9 @@ def collect(sweep_dir: str) -> list[dict]:
         if not isinstance(result["test"], Mapping):
             continue
         fraction = _to_float(result["label_fraction"])
-        if fraction is None or not 0.0 < fraction <= 1.0:
+        if fraction is None or not 0.0 <= fraction <= 1.0:  # 0: unsupervised (PiCIE).
             raise DataError(
-                f"{path}: label_fraction must be a number in (0, 1], got {result['label_fraction']!r}"
+                f"{path}: label_fraction must be a number in [0, 1], got {result['label_fraction']!r}"
             )
         seed = result.get("seed")
         number = None if seed is None else _to_float(seed)
@@ -287,7 +287,10 @@ def provenance_note(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def format_fraction(fraction: float) -> str:
-    """0.01 -> "1%", 0.1 -> "10%", 1.0 -> "100%", 0.125 -> "12.5%" (no float noise like 10.000000001%)."""
+    """0.01 -> "1%", 0.1 -> "10%", 1.0 -> "100%", 0.125 -> "12.5%" (no float noise like 10.000000001%);
+    0 -> "0% (unsupervised)"."""
+    if fraction == 0:
+        return "0% (unsupervised)"
     return f"{round(100.0 * fraction, 6):g}%"
 
 
@@ -545,11 +548,26 @@ def plot(agg: Sequence[Mapping[str, Any]], metric: str, path: str) -> None:
 
     ax = fig.add_subplot()
     methods = sorted({e["method"] for e in agg})
-    fractions = sorted({e["label_fraction"] for e in agg})
+    fractions = sorted({e["label_fraction"] for e in agg} - {0.0})
     plotted = False
+    for e in agg:  # Unsupervised (no labels; not on a log axis): a dashed level line.
+        if e["label_fraction"] == 0 and not math.isnan(e[f"{metric}_mean"]):
+            ax.axhline(
+                e[f"{metric}_mean"],
+                linestyle="--",
+                color="gray",
+                label=f"{e['method']} (no labels)",
+            )
+            plotted = True
     for k, method in enumerate(methods):
         entries = sorted(
-            (e for e in agg if e["method"] == method and not math.isnan(e[f"{metric}_mean"])),
+            (
+                e
+                for e in agg
+                if e["method"] == method
+                and e["label_fraction"] > 0
+                and not math.isnan(e[f"{metric}_mean"])
+            ),
             key=lambda e: e["label_fraction"],
         )
         if not entries:

@@ -1,0 +1,93 @@
+"""PiCIE's losses and geometric views (Cho et al., CVPR 2021; methods.md §4.6), on device.
+
+Two photometric views of each image (colour jitter, grayscale, blur: made on the host) go through the
+network; one shared random geometric transform T (a square crop resized back to the full size, then a
+horizontal flip with p=0.5) is drawn per image here. View 1 is T applied to the *image*; T is applied
+to view 2's *feature map*, so both maps describe the same pixels (equivariance). PiCIE transforms the
+untransformed view's features forward rather than mapping the transformed view's back through T⁻¹:
+the two are the same on the crop, and a crop has no inverse outside it.
+
+Loss (PiCIE `train`): features L2-normalised, logits = cosine similarity to each set of centroids
+(PiCIE's frozen 1×1 classifiers), labels = the nearest centroid under stop-gradient (view 1 against
+the view-1 centroids μ1, view 2 against μ2),
+  within = ½[CE(f1·μ1, y1) + CE(f2·μ2, y2)],  cross = ½[CE(f1·μ2, y2) + CE(f2·μ1, y1)],
+  loss = ½(within + cross);
+CE is class-balanced (torch `CrossEntropyLoss(weight=1/frequency)`: Σ w_y·nll / Σ w_y) with the
+frequencies of the batch's labels (PiCIE counts them over the epoch).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from s4mi_jax import kmeans
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Unit vectors along the last axis (torch `F.normalize(p=2)`)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def random_boxes(
+    rng: jax.Array, n: int, size: int, scale: tuple[float, float]
+) -> tuple[jax.Array, jax.Array]:
+    """(boxes (n, 3) = [y0, x0, side] in pixels, flips (n,) bool): square crops whose area is a
+    fraction in `scale` of the image, placed uniformly, and a horizontal flip with p=0.5."""
+    k_area, k_y, k_x, k_flip = jax.random.split(rng, 4)
+    side = jnp.sqrt(jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1])) * size
+    y0 = jax.random.uniform(k_y, (n,)) * (size - side)
+    x0 = jax.random.uniform(k_x, (n,)) * (size - side)
+    return jnp.stack([y0, x0, side], -1), jax.random.bernoulli(k_flip, 0.5, (n,))
+
+
+def _interpolation(start: jax.Array, side: jax.Array, n: int) -> jax.Array:
+    """(n, n) bilinear weights: output i samples input coordinate start + (i + ½)·side/n − ½
+    (half-pixel centres, as torch `interpolate(align_corners=False)`), clamped to the edge pixels."""
+    coord = jnp.clip(start + (jnp.arange(n) + 0.5) * side / n - 0.5, 0.0, n - 1.0)
+    lo = jnp.floor(coord)
+    frac = (coord - lo)[:, None]
+    src = jnp.arange(n)[None, :]
+    hi = jnp.minimum(lo + 1, n - 1)
+    return (1 - frac) * (src == lo[:, None]) + frac * (src == hi[:, None])
+
+
+def crop_flip(x: jax.Array, boxes: jax.Array, flips: jax.Array) -> jax.Array:
+    """T on NHWC maps: each box (y0, x0, side) bilinearly resized to the full (H, W), then flipped
+    left-right where `flips`. Two small interpolation matrices per image (rows, columns) applied
+    by one einsum: cheap to trace and to differentiate, exact bilinear sampling."""
+    h, w = x.shape[1:3]
+    wy = jax.vmap(_interpolation, (0, 0, None))(boxes[:, 0], boxes[:, 2], h)
+    wx = jax.vmap(_interpolation, (0, 0, None))(boxes[:, 1], boxes[:, 2], w)
+    wx = jnp.where(flips[:, None, None], wx[:, ::-1], wx)
+    return jnp.einsum("nih,nhwc,njw->nijc", wy.astype(x.dtype), x, wx.astype(x.dtype))
+
+
+def balanced_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Σ w_y·(−log softmax(logits)_y) / Σ w_y with w_k = 1 / (pixels labelled k) (0 if none)."""
+    k = logits.shape[-1]
+    onehot = jax.nn.one_hot(labels, k, dtype=logits.dtype)
+    counts = jnp.sum(onehot.reshape(-1, k), 0)
+    w = jnp.where(counts > 0, 1.0 / jnp.maximum(counts, 1.0), 0.0)
+    nll = -jnp.sum(onehot * jax.nn.log_softmax(logits, -1), -1)
+    wy = jnp.sum(onehot * w, -1)
+    return jnp.sum(wy * nll) / jnp.sum(wy)
+
+
+def picie_loss(
+    f1: jax.Array, f2: jax.Array, mu1: jax.Array, mu2: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """PiCIE's loss on aligned, L2-normalised feature maps f1, f2 (N, H, W, D) and centroids (K, D)."""
+    d = f1.shape[-1]
+    y1 = jax.lax.stop_gradient(kmeans.assign(f1.reshape(-1, d), mu1)).reshape(f1.shape[:-1])
+    y2 = jax.lax.stop_gradient(kmeans.assign(f2.reshape(-1, d), mu2)).reshape(f2.shape[:-1])
+    ce = balanced_cross_entropy
+    within = (ce(f1 @ mu1.T, y1) + ce(f2 @ mu2.T, y2)) / 2
+    cross = (ce(f1 @ mu2.T, y2) + ce(f2 @ mu1.T, y1)) / 2
+    aux = {
+        "loss_within": within,
+        "loss_cross": cross,
+        "label_agreement": jnp.mean(y1 == y2),  # Same cluster index in both views.
+        "cluster1_fraction": jnp.mean(y1 == 1),
+    }
+    return (within + cross) / 2, aux
