@@ -31,7 +31,7 @@ from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, run_environment, write_json
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment, manifests, pipeline
+from s4mi_jax.data import augment, device_augment, manifests, pipeline
 from s4mi_jax.data.sources import SubsetSource, is_labeled, open_source, source_keys
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features, metrics
@@ -180,22 +180,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loss_name = config.loss.name
     if multilabel and loss_name == "cross_entropy":
         loss_name = "sigmoid_cross_entropy"  # Softmax cross-entropy is single-label only.
-    step_fn = train_state.jit_step(
-        make_train_step(
-            graphdef,
-            tx,
-            losses.get_loss(loss_name),
-            num_classes,
-            losses.class_weights(counts, config.loss.class_weights),
-            frozen_encoder=frozen,
-            multilabel=multilabel,
-        ),
-        train_state.shardings_of(abstract_state),
-        mesh,
+    step = make_train_step(
+        graphdef,
+        tx,
+        losses.get_loss(loss_name),
+        num_classes,
+        losses.class_weights(counts, config.loss.class_weights),
+        frozen_encoder=frozen,
+        multilabel=multilabel,
     )
+    if config.aug.get("on_device", False):  # The host only resizes; views are made in the step.
+        step = device_augment.with_device_views(step, device_augment.one_view(config.aug))
+    step_fn = train_state.jit_step(step, train_state.shardings_of(abstract_state), mesh)
     data_iter = pipeline.train_iterator(
         train_src,
-        augment.OneView(config.aug),
+        device_augment.host_transform(config.aug, augment.OneView(config.aug)),
         batch_size=local_batch,
         seed=config.seed,
         num_workers=config.data.num_workers,
