@@ -117,7 +117,9 @@ def random_view(image: np.ndarray, rng: np.random.Generator, cfg: ml_collections
         x = np.repeat(_gray(x), 3, axis=-1)
     if rng.random() < cfg.blur_prob:
         x = gaussian_blur(x, rng, tuple(cfg.blur_sigma))
-    solarize_prob = cfg.get("solarize_prob", 0.0)  # No draw when off: older configs' views unchanged.
+    solarize_prob = cfg.get(
+        "solarize_prob", 0.0
+    )  # No draw when off: older configs' views unchanged.
     if solarize_prob > 0 and rng.random() < solarize_prob:
         x = np.where(x >= 0.5, 1.0 - x, x).astype(np.float32)
     return normalize(x, cfg)

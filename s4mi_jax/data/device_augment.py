@@ -55,46 +55,56 @@ def source_size(cfg: ml_collections.ConfigDict) -> int:
 # ---- Geometry ------------------------------------------------------------------------------------
 
 
+def uniforms(keys: Array, n: int) -> Array:
+    """(B, n) U[0, 1) draws, one threefry call per example: every random choice of a view is a slice
+    of these (one random-bits op instead of dozens keeps the step's compile time down)."""
+    return jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys)
+
+
+CROP_UNIFORMS = 22  # 10 tries x (area, aspect) + position.
+
+
 def crop_boxes(
     keys: Array,
     height: int,
     width: int,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    tries: int = 10,
 ) -> Array:
     """Inception-style crop boxes (B, 4) as (y0, x0, h, w) in pixels: torchvision's algorithm as the
     host's `random_resized_crop` (up to 10 tries of area ~ U(scale)·HW and log-uniform aspect; the first
     that fits is used, else a centre crop of the clamped aspect), vectorised over tries."""
+    return boxes_from_uniforms(uniforms(keys, CROP_UNIFORMS), height, width, scale, ratio)
 
-    def one(key: Array) -> Array:
-        k_area, k_ratio, k_pos = jax.random.split(key, 3)
-        area = (
-            height * width * jax.random.uniform(k_area, (tries,), minval=scale[0], maxval=scale[1])
-        )
-        log_r = jax.random.uniform(
-            k_ratio, (tries,), minval=math.log(ratio[0]), maxval=math.log(ratio[1])
-        )
-        aspect = jnp.exp(log_r)
-        cw, ch = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
-        ok = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
-        first = jnp.argmax(ok)
-        in_ratio = width / height
-        if in_ratio < ratio[0]:
-            fw, fh = width, width / ratio[0]
-        elif in_ratio > ratio[1]:
-            fw, fh = height * ratio[1], height
-        else:
-            fw, fh = width, height
-        found = ok.any()
-        cw = jnp.where(found, cw[first], fw)
-        ch = jnp.where(found, ch[first], fh)
-        u = jax.random.uniform(k_pos, (2,))
-        y0 = jnp.where(found, u[0] * (height - ch), (height - ch) / 2)
-        x0 = jnp.where(found, u[1] * (width - cw), (width - cw) / 2)
-        return jnp.stack([y0, x0, ch, cw]).astype(jnp.float32)
 
-    return jax.vmap(one)(keys)
+def boxes_from_uniforms(
+    u: Array,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Array:
+    """`crop_boxes` from (B, 2·tries + 2) uniforms: areas, log-aspects, then the position."""
+    tries = (u.shape[-1] - 2) // 2
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, :tries])
+    lr = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(lr[0] + (lr[1] - lr[0]) * u[:, tries : 2 * tries])
+    cw, ch = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
+    ok = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    first = jnp.argmax(ok, axis=1)[:, None]
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, width / ratio[0]
+    elif in_ratio > ratio[1]:
+        fw, fh = height * ratio[1], height
+    else:
+        fw, fh = width, height
+    found = ok.any(axis=1)
+    cw = jnp.where(found, jnp.take_along_axis(cw, first, 1)[:, 0], fw)
+    ch = jnp.where(found, jnp.take_along_axis(ch, first, 1)[:, 0], fh)
+    y0 = jnp.where(found, u[:, -2] * (height - ch), (height - ch) / 2)
+    x0 = jnp.where(found, u[:, -1] * (width - cw), (width - cw) / 2)
+    return jnp.stack([y0, x0, ch, cw], axis=1).astype(jnp.float32)
 
 
 def full_boxes(batch: int, height: int, width: int) -> Array:
@@ -204,25 +214,20 @@ def paired_geometry(
     Images (B, H, W, C) go through bilinear sampling, masks (B, H, W) through nearest, so labels stay
     labels. Returns (images (B, size, size, C) float in [0, 255], masks (B, size, size)).
     """
-    k_crop, k_flip, k_rot, k_turn, k_deg = jnp.moveaxis(
-        jax.vmap(lambda k: jax.random.split(k, 5))(keys), 1, 0
+    u = uniforms(keys, CROP_UNIFORMS + 4)
+    boxes = boxes_from_uniforms(
+        u[:, :CROP_UNIFORMS], images.shape[1], images.shape[2], scale, ratio
     )
-    boxes = crop_boxes(k_crop, images.shape[1], images.shape[2], scale, ratio)
     x = resized_crop(images, boxes, size)
     m = resized_crop(masks, boxes, size, nearest=True)
-    flip = _bernoulli(k_flip, hflip_prob)
+    u = u[:, CROP_UNIFORMS:]
+    flip = u[:, 0] < hflip_prob
     x, m = hflip(x, flip), hflip(m, flip)
     if rot90_prob > 0:
-        k = jnp.where(
-            _bernoulli(k_rot, rot90_prob),
-            jax.vmap(lambda kk: jax.random.randint(kk, (), 1, 4))(k_turn),
-            0,
-        )
+        k = jnp.where(u[:, 1] < rot90_prob, 1 + jnp.floor(u[:, 2] * 3).astype(jnp.int32), 0)
         x, m = rot90(x, k), rot90(m, k)
     if max_degrees > 0:
-        deg = jax.vmap(
-            lambda kk: jax.random.uniform(kk, (), minval=-max_degrees, maxval=max_degrees)
-        )(k_deg)
+        deg = max_degrees * (2 * u[:, 3] - 1)
         x, m = rotate(x, deg), rotate(m, deg, nearest=True)
     return x, m
 
@@ -239,18 +244,15 @@ def cutmix_boxes(
     yy = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
     xx = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
 
-    def one(key: Array) -> Array:
-        k_a, k_r, k_p = jax.random.split(key, 3)
-        a = height * width * jax.random.uniform(k_a, (), minval=area[0], maxval=area[1])
-        r = jnp.exp(
-            jax.random.uniform(k_r, (), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
-        )
+    def one(u: Array) -> Array:
+        a = height * width * (area[0] + (area[1] - area[0]) * u[0])
+        lr = math.log(ratio[0]), math.log(ratio[1])
+        r = jnp.exp(lr[0] + (lr[1] - lr[0]) * u[1])
         bh, bw = jnp.minimum(jnp.sqrt(a / r), height), jnp.minimum(jnp.sqrt(a * r), width)
-        u = jax.random.uniform(k_p, (2,))
-        y0, x0 = u[0] * (height - bh), u[1] * (width - bw)
+        y0, x0 = u[2] * (height - bh), u[3] * (width - bw)
         return (yy >= y0) & (yy < y0 + bh) & (xx >= x0) & (xx < x0 + bw)
 
-    return jax.vmap(one)(keys)
+    return jax.vmap(one)(uniforms(keys, 4))
 
 
 def cutmix(
@@ -265,7 +267,7 @@ def cutmix(
     alike; with probability `prob`, else it is unchanged). Returns (images, masks, box (B, H, W) bool)."""
     k_box, k_apply = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(keys), 1, 0)
     box = cutmix_boxes(k_box, images.shape[1], images.shape[2], area)
-    box = box & _per_example(_bernoulli(k_apply, prob), box)
+    box = box & _per_example(uniforms(k_apply, 1)[:, 0] < prob, box)
     partner = lambda a: jnp.roll(a, -1, axis=0)  # noqa: E731
     mixed = jnp.where(box[..., None] if images.ndim == 4 else box, partner(images), images)
     mixed_masks = None if masks is None else jnp.where(box, partner(masks), masks)
@@ -273,10 +275,6 @@ def cutmix(
 
 
 # ---- Colour --------------------------------------------------------------------------------------
-
-
-def _bernoulli(keys: Array, p: float) -> Array:
-    return jax.vmap(lambda k: jax.random.uniform(k, ()) < p)(keys)
 
 
 def gray(x: Array) -> Array:
@@ -310,32 +308,33 @@ def jitter_ops(channels: int) -> tuple[str, ...]:
     return ("brightness", "contrast") + (("saturation", "hue") if channels == 3 else ())
 
 
-def color_jitter(keys: Array, x: Array, strength: float, prob: float) -> Array:
-    """SimCLR colour jitter per example, with probability `prob`, operations in a random order, each
-    followed by clipping to [0, 1] (the host's `color_jitter`)."""
+def color_jitter(u: Array, x: Array, strength: float, prob: float | Array) -> Array:
+    """SimCLR colour jitter per example, from (B, 1 + 2·n_ops) uniforms: with probability `prob`,
+    the operations in a random order (argsort of uniforms: a uniform permutation), factors uniform in
+    the host's ranges, each followed by clipping to [0, 1] (the host's `color_jitter`)."""
     ops = jitter_ops(x.shape[-1])
+    n = len(ops)
     s = 0.8 * strength
-    lo = jnp.asarray([1 - s, 1 - s, 1 - s, -0.2 * strength][: len(ops)])
-    hi = jnp.asarray([1 + s, 1 + s, 1 + s, 0.2 * strength][: len(ops)])
+    lo = jnp.asarray([1 - s, 1 - s, 1 - s, -0.2 * strength][:n])
+    hi = jnp.asarray([1 + s, 1 + s, 1 + s, 0.2 * strength][:n])
     branches = [lambda img, f, op=op: jnp.clip(adjust(img, op, f), 0.0, 1.0) for op in ops]
 
-    def one(key: Array, img: Array) -> Array:
-        k_apply, k_order, k_factor = jax.random.split(key, 3)
-        order = jax.random.permutation(k_order, len(ops))
-        factors = jax.random.uniform(k_factor, (len(ops),), minval=lo, maxval=hi)
+    def one(u: Array, img: Array) -> Array:
+        order = jnp.argsort(u[1 : 1 + n])
+        factors = lo + (hi - lo) * u[1 + n : 1 + 2 * n]
         out = img
-        for j in range(len(ops)):
+        for j in range(n):
             out = jax.lax.switch(order[j], branches, out, factors[order[j]])
-        return jnp.where(jax.random.uniform(k_apply, ()) < prob, out, img)
+        return jnp.where(u[0] < prob, out, img)
 
-    return jax.vmap(one)(keys, x)
+    return jax.vmap(one)(u, x)
 
 
-def random_grayscale(keys: Array, x: Array, prob: float) -> Array:
-    """RGB only (the host's rule): with probability `prob` the luma in all three channels."""
+def random_grayscale(u: Array, x: Array, prob: float) -> Array:
+    """RGB only (the host's rule): where u < `prob` (u: (B,) uniforms), the luma in all channels."""
     if x.shape[-1] != 3 or prob <= 0:
         return x
-    return jnp.where(_per_example(_bernoulli(keys, prob), x), jnp.repeat(gray(x), 3, -1), x)
+    return jnp.where(_per_example(u < prob, x), jnp.repeat(gray(x), 3, -1), x)
 
 
 def blur_radius(size: int) -> int:
@@ -358,13 +357,17 @@ def gaussian_blur(x: Array, sigma: Array) -> Array:
     return sum(wb[:, t] * rows[:, :, t : t + wd] for t in range(2 * radius + 1))
 
 
-def random_blur(keys: Array, x: Array, prob: float, sigma: tuple[float, float]) -> Array:
-    """With probability `prob`, a blur with sigma ~ U(sigma)."""
-    if prob <= 0:
+def _off(prob: float | Array) -> bool:
+    """A probability known to be 0 when tracing: the operation is left out of the program."""
+    return isinstance(prob, int | float) and prob <= 0
+
+
+def random_blur(u: Array, x: Array, prob: float | Array, sigma: tuple[float, float]) -> Array:
+    """From (B, 2) uniforms: with probability `prob`, a blur with sigma ~ U(sigma)."""
+    if _off(prob):
         return x
-    k_apply, k_sigma = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 2))(keys), 1, 0)
-    s = jax.vmap(lambda k: jax.random.uniform(k, (), minval=sigma[0], maxval=sigma[1]))(k_sigma)
-    return jnp.where(_per_example(_bernoulli(k_apply, prob), x), gaussian_blur(x, s), x)
+    s = sigma[0] + (sigma[1] - sigma[0]) * u[:, 1]
+    return jnp.where(_per_example(u[:, 0] < prob, x), gaussian_blur(x, s), x)
 
 
 def solarize(x: Array, threshold: float = 0.5) -> Array:
@@ -372,10 +375,11 @@ def solarize(x: Array, threshold: float = 0.5) -> Array:
     return jnp.where(x >= threshold, 1.0 - x, x)
 
 
-def random_solarize(keys: Array, x: Array, prob: float) -> Array:
-    if prob <= 0:
+def random_solarize(u: Array, x: Array, prob: float | Array) -> Array:
+    """Where u < `prob` (u: (B,) uniforms), `solarize`."""
+    if _off(prob):
         return x
-    return jnp.where(_per_example(_bernoulli(keys, prob), x), solarize(x), x)
+    return jnp.where(_per_example(u < prob, x), solarize(x), x)
 
 
 def normalize(x: Array, cfg: ml_collections.ConfigDict) -> Array:
@@ -401,36 +405,49 @@ def random_views(
     """One random view per example: the host's `random_view` (crop, flip, jitter, grayscale, blur,
     solarize, normalise) on a batch of uint8 (B, H, W, C) images -> float32 (B, S, S, C).
 
-    `size`, `crop_scale`, `blur_prob`, `solarize_prob` override `cfg` (DINO's per-crop settings).
+    `size`, `crop_scale`, `blur_prob`, `solarize_prob` override `cfg` (DINO's per-crop settings; the
+    probabilities may be traced scalars, so crops that differ only in them share one vmapped program).
     """
     size = int(cfg.image_size if size is None else size)
     scale = tuple(cfg.crop_scale if crop_scale is None else crop_scale)
-    blur_prob = float(cfg.blur_prob if blur_prob is None else blur_prob)
-    solarize_prob = float(cfg.get("solarize_prob", 0.0) if solarize_prob is None else solarize_prob)
-    k = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 6))(keys), 1, 0)
-    boxes = crop_boxes(k[0], images.shape[1], images.shape[2], scale)
+    blur_prob = float(cfg.blur_prob) if blur_prob is None else blur_prob
+    if solarize_prob is None:
+        solarize_prob = float(cfg.get("solarize_prob", 0.0))
+    n_jit = 1 + 2 * len(jitter_ops(images.shape[-1]))
+    # Uniforms: crop, flip, jitter, grayscale, blur (apply, sigma), solarize.
+    u = uniforms(keys, CROP_UNIFORMS + 1 + n_jit + 4)
+    boxes = boxes_from_uniforms(u[:, :CROP_UNIFORMS], images.shape[1], images.shape[2], scale)
     x = resized_crop(images, boxes, size)
+    u = u[:, CROP_UNIFORMS:]
     if cfg.hflip:
-        x = hflip(x, _bernoulli(k[1], 0.5))
+        x = hflip(x, u[:, 0] < 0.5)
     x = x / 255.0
-    x = color_jitter(k[2], x, cfg.jitter_strength, cfg.jitter_prob)
-    x = random_grayscale(k[3], x, cfg.grayscale_prob)
-    x = random_blur(k[4], x, blur_prob, tuple(cfg.blur_sigma))
-    x = random_solarize(k[5], x, solarize_prob)
+    x = color_jitter(u[:, 1 : 1 + n_jit], x, cfg.jitter_strength, cfg.jitter_prob)
+    u = u[:, 1 + n_jit :]
+    x = random_grayscale(u[:, 0], x, cfg.grayscale_prob)
+    x = random_blur(u[:, 1:3], x, blur_prob, tuple(cfg.blur_sigma))
+    x = random_solarize(u[:, 3], x, solarize_prob)
     return normalize(x, cfg)
 
 
 ViewFn = Callable[[Array, Array], dict[str, Array]]
 
 
+def _view_keys(rng: Array, batch: int, views: int) -> Array:
+    """(views, batch, 2) keys: per example, then per view."""
+    return jnp.moveaxis(
+        jax.vmap(lambda k: jax.random.split(k, views))(example_keys(rng, batch)), 1, 0
+    )
+
+
 def two_views(cfg: ml_collections.ConfigDict) -> ViewFn:
-    """SimCLR: (rng, uint8 images) -> {"view1", "view2"} (the host's `TwoViews`)."""
+    """SimCLR: (rng, uint8 images) -> {"view1", "view2"} (the host's `TwoViews`). The two views are
+    one vmapped program (half the compile time of two copies)."""
 
     def fn(rng: Array, images: Array) -> dict[str, Array]:
-        k1, k2 = jnp.moveaxis(
-            jax.vmap(lambda k: jax.random.split(k, 2))(example_keys(rng, len(images))), 1, 0
-        )
-        return {"view1": random_views(k1, images, cfg), "view2": random_views(k2, images, cfg)}
+        keys = _view_keys(rng, len(images), 2)
+        views = jax.vmap(lambda k: random_views(k, images, cfg))(keys)
+        return {"view1": views[0], "view2": views[1]}
 
     return fn
 
@@ -446,30 +463,33 @@ def one_view(cfg: ml_collections.ConfigDict) -> ViewFn:
 
 def multi_crop(cfg: ml_collections.ConfigDict) -> ViewFn:
     """DINO: (rng, uint8 images) -> {"global": (B, G, S, S, C), "local": (B, L, s, s, C)} with the host
-    `MultiCrop`'s per-crop blur probabilities; solarisation per global crop from
-    `aug.global_solarize_prob` (official DINO: (0, 0.2)) when the config has it, else none."""
+    `MultiCrop`'s per-crop blur (and `global_solarize_prob`) probabilities; crops of one size are one
+    vmapped program."""
+    n_g, n_l = int(cfg.num_global_crops), int(cfg.num_local_crops)
     blur = tuple(cfg.global_blur_prob)
     sol = tuple(cfg.get("global_solarize_prob", (0.0,)))
-    n_g, n_l = int(cfg.num_global_crops), int(cfg.num_local_crops)
+    blur_g = np.asarray([blur[min(i, len(blur) - 1)] for i in range(n_g)], np.float32)
+    sol_g = np.asarray([sol[min(i, len(sol) - 1)] for i in range(n_g)], np.float32)
 
     def fn(rng: Array, images: Array) -> dict[str, Array]:
-        keys = jax.vmap(lambda k: jax.random.split(k, n_g + n_l))(example_keys(rng, len(images)))
-        crops = [
-            random_views(
-                keys[:, i],
+        keys = _view_keys(rng, len(images), n_g + n_l)
+
+        def global_crop(k: Array, b: Array, s: Array) -> Array:
+            return random_views(
+                k,
                 images,
                 cfg,
                 crop_scale=tuple(cfg.global_crop_scale),
-                blur_prob=blur[min(i, len(blur) - 1)],
-                solarize_prob=sol[min(i, len(sol) - 1)],
+                blur_prob=b,
+                solarize_prob=s if sol_g.max() > 0 else 0.0,
             )
-            for i in range(n_g)
-        ]
-        out = {"global": jnp.stack(crops, axis=1)}
+
+        out = {"global": jnp.swapaxes(jax.vmap(global_crop)(keys[:n_g], blur_g, sol_g), 0, 1)}
         if n_l:
-            local = [
-                random_views(
-                    keys[:, n_g + i],
+
+            def local_crop(k: Array) -> Array:
+                return random_views(
+                    k,
                     images,
                     cfg,
                     size=int(cfg.local_image_size),
@@ -477,9 +497,8 @@ def multi_crop(cfg: ml_collections.ConfigDict) -> ViewFn:
                     blur_prob=float(cfg.local_blur_prob),
                     solarize_prob=0.0,
                 )
-                for i in range(n_l)
-            ]
-            out["local"] = jnp.stack(local, axis=1)
+
+            out["local"] = jnp.swapaxes(jax.vmap(local_crop)(keys[n_g:]), 0, 1)
         return out
 
     return fn

@@ -64,7 +64,9 @@ class Prepared:
     graphdef: nnx.GraphDef
     init: Callable  # () -> the initial TrainState, built in its shardings.
     abstract_state: object
-    step: Callable  # The pure step on the batches `transform` yields (views made in it if on-device).
+    step: (
+        Callable  # The pure step on the batches `transform` yields (views made in it if on-device).
+    )
     transform: grain.transforms.RandomMap
     batch_specs: dict[str, tuple[tuple[int, ...], jnp.dtype]]  # Per-example shape and dtype.
     schedule: Callable
@@ -99,7 +101,15 @@ def prepare(
         }
     transform = device_augment.host_transform(config.aug, method.transform)
     return Prepared(
-        graphdef, init, abstract_state, step, transform, specs, schedule, total_steps, steps_per_epoch
+        graphdef,
+        init,
+        abstract_state,
+        step,
+        transform,
+        specs,
+        schedule,
+        total_steps,
+        steps_per_epoch,
     )
 
 
