@@ -177,8 +177,8 @@ def rotate(x: Array, degrees: Array, *, nearest: bool = False) -> Array:
         t = jnp.deg2rad(deg)
         c, s = jnp.cos(t), jnp.sin(t)
         # Output pixel -> input coordinate (inverse rotation).
-        src_y = c * (yy - cy) - s * (xx - cx) + cy
-        src_x = s * (yy - cy) + c * (xx - cx) + cx
+        src_y = c * (yy - cy) + s * (xx - cx) + cy
+        src_x = -s * (yy - cy) + c * (xx - cx) + cx
 
         def sample(plane: Array) -> Array:
             return jax.scipy.ndimage.map_coordinates(
