@@ -43,7 +43,6 @@ from s4mi_jax.cli import parse_flags
 from s4mi_jax.core import sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.core.metric_writer import run_environment
-from s4mi_jax.data import pipeline
 from s4mi_jax.errors import ConfigError, S4MIError
 from s4mi_jax.trainers import pretrain
 
@@ -191,15 +190,7 @@ def run(
     state = p.init()
 
     def iterator():
-        return pipeline.train_iterator(
-            source,
-            p.transform,
-            batch_size=local_batch,
-            seed=config.seed,
-            num_workers=config.data.num_workers,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+        return pretrain.train_iterator(config, source, p.transform, local_batch)
 
     # 1. The host input pipeline alone.
     it = iterator()

@@ -53,15 +53,20 @@ def random_resized_crop(
             x0 = rng.uniform(0, w - cw)
             y0 = rng.uniform(0, h - ch)
             return _resize(image, size, (x0, y0, x0 + cw, y0 + ch))
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        cw, ch = w, w / ratio[0]
-    elif in_ratio > ratio[1]:
-        cw, ch = h * ratio[1], h
-    else:
-        cw, ch = w, h
+    cw, ch = fallback_crop(w, h, ratio)
     x0, y0 = (w - cw) / 2, (h - ch) / 2
     return _resize(image, size, (x0, y0, x0 + cw, y0 + ch))
+
+
+def fallback_crop(w: int, h: int, ratio: tuple[float, float]) -> tuple[float, float]:
+    """(width, height) of the centred crop used when no try fits: the whole image, its aspect
+    clamped to `ratio` (torchvision; shared with the on-device crop)."""
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        return w, w / ratio[0]
+    if in_ratio > ratio[1]:
+        return h * ratio[1], h
+    return w, h
 
 
 def _gray(x: np.ndarray) -> np.ndarray:

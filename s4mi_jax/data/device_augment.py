@@ -92,13 +92,7 @@ def boxes_from_uniforms(
     cw, ch = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
     ok = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
     first = jnp.argmax(ok, axis=1)[:, None]
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, width / ratio[0]
-    elif in_ratio > ratio[1]:
-        fw, fh = height * ratio[1], height
-    else:
-        fw, fh = width, height
+    fw, fh = augment.fallback_crop(width, height, ratio)
     found = ok.any(axis=1)
     cw = jnp.where(found, jnp.take_along_axis(cw, first, 1)[:, 0], fw)
     ch = jnp.where(found, jnp.take_along_axis(ch, first, 1)[:, 0], fh)

@@ -176,6 +176,19 @@ def _probe_all(config, method, graphdef, state, probe_train, probe_test, mesh, p
     return out
 
 
+def train_iterator(config: ml_collections.ConfigDict, source, transform, local_batch: int):
+    """This process's infinite, checkpointable iterator of training batches."""
+    return pipeline.train_iterator(
+        source,
+        transform,
+        batch_size=local_batch,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict:
     """Pretrain with `method`, resuming `workdir` if it holds a checkpoint; returns results.json's dict."""
     t_start = time.time()
@@ -192,15 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     graphdef, init, abstract_state = p.graphdef, p.init, p.abstract_state
     schedule, total_steps, steps_per_epoch = p.schedule, p.total_steps, p.steps_per_epoch
     step_fn = train_state.jit_step(p.step, train_state.shardings_of(abstract_state), mesh)
-    data_iter = pipeline.train_iterator(
-        source,
-        p.transform,
-        batch_size=local_batch,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    data_iter = train_iterator(config, source, p.transform, local_batch)
 
     prepare_workdir(workdir, config)
     checkpointer = Checkpointer.for_run(workdir, config)
