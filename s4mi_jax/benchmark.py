@@ -9,7 +9,8 @@ For one config it measures, on the run's own data, mesh and compiled step:
 * `host_examples_per_s`: the Grain input pipeline alone (read, decode, augment or only resize, batch);
 * `synthetic_step_s`: the train step on one device-resident batch reused every step (input-free speed;
   with `aug.on_device` the views are still made in the step, as in training);
-* `e2e_examples_per_s`: the training loop as `core/loop.py` runs it (next batch, put on devices, step);
+* `e2e_examples_per_s`: the training loop as `core/loop.py` runs it (next batch, put on devices, step),
+  timed in blocks alternating with the synthetic ones (ABBA: load drift on a shared machine cancels);
 * `e2e_over_synthetic`: end-to-end / synthetic throughput (1.0: the input never stalls the device);
 * `compile_s`, `flops_per_step` (XLA's cost analysis of the compiled step, summed over devices),
   `mfu` (achieved FLOP/s over the peak of `PEAK_FLOPS` for the device and compute dtype; on CPU the
@@ -45,18 +46,6 @@ from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.core.metric_writer import run_environment
 from s4mi_jax.errors import ConfigError, S4MIError
 from s4mi_jax.trainers import pretrain
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, as for s4mi_jax.main.", lock_config=True
-)
-_QUICK = flags.DEFINE_bool(
-    "quick", False, "2 timed steps and batches: a smoke test, not a measure."
-)
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (synthetic and end to end).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps/batches before each measurement.")
-_JSON = flags.DEFINE_string("json", None, "Write the result to this JSON file.")
-_TABLE = flags.DEFINE_string("table", None, "Append the result as a row to this Markdown file.")
-flags.mark_flags_as_required(["config"])
 
 # Dense peak FLOP/s per chip by compute dtype (vendor data sheets; SXM parts for GPUs). Matched by
 # substring of `device.device_kind`, first match wins (so "v5 lite" precedes "v5").
@@ -162,9 +151,16 @@ def _timed_batches(it, n: int) -> float:
 
 
 def run(
-    config: ml_collections.ConfigDict, *, steps: int = 20, warmup: int = 3, name: str = ""
+    config: ml_collections.ConfigDict,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    rounds: int = 4,
+    name: str = "",
 ) -> dict:
-    """Measures `config` (a SimCLR/DINO/CASS config) on this machine's devices; returns the result."""
+    """Measures `config` (a SimCLR/DINO/CASS config) on this machine's devices; returns the result.
+
+    `steps` timed steps each for synthetic and end-to-end, in `rounds` alternating blocks."""
     module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
     if not hasattr(module, "method"):
         raise ConfigError(
@@ -211,19 +207,28 @@ def run(
         jax.block_until_ready((state, metrics))
         return state, metrics
 
+    # 3. Synthetic and end-to-end blocks in ABBA order (syn, e2e, e2e, syn, ...), so a drift in the
+    # machine's load (a shared CPU) hits both alike. Each end-to-end block starts a fresh iterator
+    # (primed by one untimed step), so no batch is prefetched while a synthetic block runs.
     state, _ = steps_on(state, None, warmup)
-    t = time.perf_counter()
-    state, metrics = steps_on(state, None, steps)
-    synthetic_s = time.perf_counter() - t
-
-    # 3. End to end, as the training loop runs (a fresh iterator, warmed up like the first).
-    it2 = iterator()
-    state, _ = steps_on(state, it2, warmup)
-    t = time.perf_counter()
-    state, metrics = steps_on(state, it2, steps)
-    e2e_s = time.perf_counter() - t
+    blocks = max(1, min(rounds, steps))
+    per_block = [steps // blocks + (b < steps % blocks) for b in range(blocks)]
+    synthetic_s = e2e_s = 0.0
+    metrics = None
+    for b, n in enumerate(per_block):
+        for kind in ("syn", "e2e") if b % 2 == 0 else ("e2e", "syn"):
+            data = None
+            if kind == "e2e":
+                data = iterator()
+                state, _ = steps_on(state, data, 1)
+            t = time.perf_counter()
+            state, metrics = steps_on(state, data, n)
+            if kind == "e2e":
+                e2e_s += time.perf_counter() - t
+                _close(data)
+            else:
+                synthetic_s += time.perf_counter() - t
     loss = float(metrics["loss"])
-    _close(it2)
 
     device = mesh.devices.flat[0]
     dtype = compute_dtype(config)
@@ -253,6 +258,7 @@ def run(
         "compute_dtype": dtype,
         "steps": steps,
         "warmup": warmup,
+        "rounds": blocks,
         "host_examples_per_s": steps * config.batch_size / host_s,
         "synthetic_step_ms": 1e3 * step_s,
         "synthetic_examples_per_s": steps * config.batch_size / synthetic_s,
@@ -315,12 +321,41 @@ def _config_name() -> str:
     return ""
 
 
+F: dict = {}  # Flag holders, defined only when run as a command (tests import this module beside
+# s4mi_jax.aot, whose --config and --json flags would otherwise be defined twice).
+
+
+def define_flags() -> None:
+    F["config"] = config_flags.DEFINE_config_file(
+        "config", None, "Config file, as for s4mi_jax.main.", lock_config=True
+    )
+    F["quick"] = flags.DEFINE_bool(
+        "quick", False, "2 timed steps and batches: a smoke test, not a measure."
+    )
+    F["steps"] = flags.DEFINE_integer("steps", 20, "Timed steps (synthetic and end to end).")
+    F["warmup"] = flags.DEFINE_integer(
+        "warmup", 3, "Untimed steps/batches before the measurements."
+    )
+    F["rounds"] = flags.DEFINE_integer(
+        "rounds", 4, "Alternating synthetic / end-to-end blocks the timed steps are split into."
+    )
+    F["json"] = flags.DEFINE_string("json", None, "Write the result to this JSON file.")
+    F["table"] = flags.DEFINE_string(
+        "table", None, "Append the result as a row to this Markdown file."
+    )
+    flags.mark_flags_as_required(["config"])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    steps, warmup = (2, 1) if _QUICK.value else (_STEPS.value, _WARMUP.value)
+    steps, warmup, rounds = (
+        (2, 1, 1) if F["quick"].value else (F["steps"].value, F["warmup"].value, F["rounds"].value)
+    )
     try:
-        result = run(_CONFIG.value, steps=steps, warmup=warmup, name=_config_name())
+        result = run(
+            F["config"].value, steps=steps, warmup=warmup, rounds=rounds, name=_config_name()
+        )
     except S4MIError as e:
         print(f"s4mi_jax.benchmark: error: {str(e).split(chr(10) + '----')[0]}", file=sys.stderr)
         sys.exit(2)
@@ -328,12 +363,13 @@ def main(argv: list[str]) -> None:
     print(json.dumps(result, indent=2, sort_keys=True))
     print(table_header())
     print(table_row(result), flush=True)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if F["json"].value:
+        with open(F["json"].value, "w") as f:
             json.dump(result, f, indent=2, sort_keys=True)
-    if _TABLE.value:
-        append_row(_TABLE.value, result)
+    if F["table"].value:
+        append_row(F["table"].value, result)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

@@ -16,9 +16,9 @@ from jax.sharding import PartitionSpec as P
 from scipy import ndimage, stats
 
 from configs import common
-from s4mi_jax.data import augment
+from s4mi_jax.data import augment, cache, manifests
 from s4mi_jax.data import device_augment as da
-from s4mi_jax.data.sources import open_source
+from s4mi_jax.data.sources import open_source, source_keys
 
 
 class _GivenDraws:
@@ -253,3 +253,20 @@ def test_cutmix_pastes_the_same_box_into_image_and_mask():
     assert len({box[i].tobytes() for i in range(b)}) == b
     _, _, none = jax.jit(lambda k, x, m: da.cutmix(k, x, m, prob=0.0))(keys, images, masks)
     assert not np.asarray(none).any()
+
+
+def test_npz_cache_keeps_the_folders_records_and_manifest(tmp_path):
+    out = str(tmp_path / "sample_32.npz")
+    assert cache.write_cache(None, out, 32) == 320
+    folder, npz = open_source(None, verify=False), open_source(out)
+    assert source_keys(npz) == source_keys(folder)
+    assert npz.groups == folder.groups and npz.class_names == folder.class_names
+    np.testing.assert_array_equal(npz.labels, folder.labels)
+    for i in (0, 77, 319):
+        np.testing.assert_array_equal(npz[i]["image"], augment.resize(folder[i]["image"], 32))
+
+    def manifest(src):
+        kw = dict(fraction=0.1, seed=1, split_seed=0, val_fraction=0.1, test_fraction=0.2)
+        return manifests.make_manifest(source_keys(src), src.labels, src.groups, **kw)
+
+    assert manifest(npz).hash == manifest(folder).hash
