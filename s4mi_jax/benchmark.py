@@ -314,11 +314,16 @@ def append_row(path: str, result: dict) -> None:
         f.write(table_row(result) + "\n")
 
 
-def _config_name() -> str:
-    for arg in sys.argv[1:]:
+def _config_name(argv: list[str]) -> str:
+    """The config file and its overrides, as given (paths shortened to their last component)."""
+    parts = []
+    for arg in argv:
         if arg.startswith("--config="):
-            return os.path.basename(arg.split("=", 1)[1])
-    return ""
+            parts.insert(0, os.path.basename(arg.split("=", 1)[1]))
+        elif arg.startswith("--config."):
+            key, _, value = arg[len("--config.") :].partition("=")
+            parts.append(f"{key}={os.path.basename(value)}")
+    return " ".join(parts)
 
 
 F: dict = {}  # Flag holders, defined only when run as a command (tests import this module beside
@@ -354,7 +359,11 @@ def main(argv: list[str]) -> None:
     )
     try:
         result = run(
-            F["config"].value, steps=steps, warmup=warmup, rounds=rounds, name=_config_name()
+            F["config"].value,
+            steps=steps,
+            warmup=warmup,
+            rounds=rounds,
+            name=_config_name(sys.argv[1:]),
         )
     except S4MIError as e:
         print(f"s4mi_jax.benchmark: error: {str(e).split(chr(10) + '----')[0]}", file=sys.stderr)
