@@ -11,7 +11,7 @@ mkdir -p "$OUT/json"
 "$PY" -m s4mi_jax.data.cache --size=128 --out="$CACHE"
 bench() {  # tag, then benchmark arguments
   local tag=$1; shift
-  "$PY" -m s4mi_jax.benchmark --steps=12 --warmup=2 --rounds=4 --json="$OUT/json/$tag.json" \
+  "$PY" -m s4mi_jax.benchmark --steps=16 --warmup=3 --json="$OUT/json/$tag.json" \
     --table="$OUT/cpu.md" "$@" > "$OUT/json/$tag.log" 2>&1
 }
 for repeat in 1 2; do

@@ -10,7 +10,7 @@ For one config it measures, on the run's own data, mesh and compiled step:
 * `synthetic_step_s`: the train step on one device-resident batch reused every step (input-free speed;
   with `aug.on_device` the views are still made in the step, as in training);
 * `e2e_examples_per_s`: the training loop as `core/loop.py` runs it (next batch, put on devices, step),
-  timed in blocks alternating with the synthetic ones (ABBA: load drift on a shared machine cancels);
+  timed between two halves of the synthetic steps (load drift on a shared machine hits both alike);
 * `e2e_over_synthetic`: end-to-end / synthetic throughput (1.0: the input never stalls the device);
 * `compile_s`, `flops_per_step` (XLA's cost analysis of the compiled step, summed over devices),
   `mfu` (achieved FLOP/s over the peak of `PEAK_FLOPS` for the device and compute dtype; on CPU the
@@ -155,12 +155,11 @@ def run(
     *,
     steps: int = 20,
     warmup: int = 3,
-    rounds: int = 4,
     name: str = "",
 ) -> dict:
     """Measures `config` (a SimCLR/DINO/CASS config) on this machine's devices; returns the result.
 
-    `steps` timed steps each for synthetic and end-to-end, in `rounds` alternating blocks."""
+    `steps` timed steps each for synthetic (half before, half after end to end) and end to end."""
     module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
     if not hasattr(module, "method"):
         raise ConfigError(
@@ -207,27 +206,23 @@ def run(
         jax.block_until_ready((state, metrics))
         return state, metrics
 
-    # 3. Synthetic and end-to-end blocks in ABBA order (syn, e2e, e2e, syn, ...), so a drift in the
-    # machine's load (a shared CPU) hits both alike. Each end-to-end block starts a fresh iterator
-    # (primed by one untimed step), so no batch is prefetched while a synthetic block runs.
+    # 3. Synthetic, end to end, synthetic (A B A: a linear drift in a shared machine's load hits both
+    # alike). End to end runs as the training loop does: one iterator, primed by `warmup` untimed
+    # steps (a fresh Grain iterator is slow for its first few batches), then `steps` timed ones.
     state, _ = steps_on(state, None, warmup)
-    blocks = max(1, min(rounds, steps))
-    per_block = [steps // blocks + (b < steps % blocks) for b in range(blocks)]
-    synthetic_s = e2e_s = 0.0
-    metrics = None
-    for b, n in enumerate(per_block):
-        for kind in ("syn", "e2e") if b % 2 == 0 else ("e2e", "syn"):
-            data = None
-            if kind == "e2e":
-                data = iterator()
-                state, _ = steps_on(state, data, 1)
-            t = time.perf_counter()
-            state, metrics = steps_on(state, data, n)
-            if kind == "e2e":
-                e2e_s += time.perf_counter() - t
-                _close(data)
-            else:
-                synthetic_s += time.perf_counter() - t
+    first = steps // 2
+    t = time.perf_counter()
+    state, _ = steps_on(state, None, first)
+    synthetic_s = time.perf_counter() - t
+    data = iterator()
+    state, _ = steps_on(state, data, warmup)
+    t = time.perf_counter()
+    state, metrics = steps_on(state, data, steps)
+    e2e_s = time.perf_counter() - t
+    _close(data)
+    t = time.perf_counter()
+    state, _ = steps_on(state, None, steps - first)
+    synthetic_s += time.perf_counter() - t
     loss = float(metrics["loss"])
 
     device = mesh.devices.flat[0]
@@ -258,7 +253,6 @@ def run(
         "compute_dtype": dtype,
         "steps": steps,
         "warmup": warmup,
-        "rounds": blocks,
         "host_examples_per_s": steps * config.batch_size / host_s,
         "synthetic_step_ms": 1e3 * step_s,
         "synthetic_examples_per_s": steps * config.batch_size / synthetic_s,
@@ -341,9 +335,6 @@ def define_flags() -> None:
     F["warmup"] = flags.DEFINE_integer(
         "warmup", 3, "Untimed steps/batches before the measurements."
     )
-    F["rounds"] = flags.DEFINE_integer(
-        "rounds", 4, "Alternating synthetic / end-to-end blocks the timed steps are split into."
-    )
     F["json"] = flags.DEFINE_string("json", None, "Write the result to this JSON file.")
     F["table"] = flags.DEFINE_string(
         "table", None, "Append the result as a row to this Markdown file."
@@ -354,15 +345,12 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    steps, warmup, rounds = (
-        (2, 1, 1) if F["quick"].value else (F["steps"].value, F["warmup"].value, F["rounds"].value)
-    )
+    steps, warmup = (2, 1) if F["quick"].value else (F["steps"].value, F["warmup"].value)
     try:
         result = run(
             F["config"].value,
             steps=steps,
             warmup=warmup,
-            rounds=rounds,
             name=_config_name(sys.argv[1:]),
         )
     except S4MIError as e:
