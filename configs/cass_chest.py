@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.vit.update(name="vit_base", patch_size=16, dtype="bfloat16")
         config.aug.image_size = 384
         config.data.num_workers = 8
+        config.aug.on_device = True  # Host cores would be the bottleneck (BENCHMARKS.md).
         config.batch_size = 256
         config.log_every = 50
         config.ckpt_every = 1000

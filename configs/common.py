@@ -39,8 +39,13 @@ def aug_config(image_size: int) -> ml_collections.ConfigDict:
             grayscale_prob=0.2,  # RGB only.
             blur_prob=0.5,
             blur_sigma=(0.1, 2.0),
+            solarize_prob=0.0,  # BYOL/DINO solarisation (pixels >= 0.5 inverted); off in SimCLR.
             mean=0.5,  # Per channel or one value for all; applied after scaling to [0, 1].
             std=0.25,
+            # Views made inside the jitted step on the accelerator (data/device_augment.py); the host
+            # then only decodes and resizes each image to a source_size square (None: 2 x image_size).
+            on_device=False,
+            source_size=ml_collections.config_dict.placeholder(int),
         )
     )
 

@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.aug.image_size = 224
         config.aug.jitter_strength = 1.0
         config.data.num_workers = 8
+        config.aug.on_device = True  # Host cores would be the bottleneck (BENCHMARKS.md).
         config.batch_size = 4096
         config.optim.update(base_lr=0.3, lr_scaling="linear")  # Paper: 0.3 x B/256 at B=4096.
         config.total_epochs = 100.0

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from s4mi_jax.cli import parse_flags
 from s4mi_jax.core import sharding, train_state
+from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.errors import ConfigError, S4MIError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -72,9 +73,6 @@ def analyze(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = N
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=sharding.replicated(mesh))
     jitted = train_state.jit_step(step_fn, train_state.shardings_of(abstract_state), mesh)
     compiled = jitted.lower(abstract_state, abstract_batch, rng).compile()
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost  # Older jax: one dict per program.
     report = {
         "trainer": config.trainer,
         "platform": mesh.devices.flat[0].platform,
@@ -85,23 +83,8 @@ def analyze(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = N
         "param_count": sum(int(x.size) for x in jax.tree.leaves(abstract_state.params)),
         "param_bytes_per_device": sharding.bytes_per_device(abstract_state.params),
         "state_bytes_per_device": sharding.bytes_per_device(abstract_state),
-        "flops_per_device": float(cost.get("flops", -1.0)) if cost else -1.0,
     }
-    if mem is not None:
-        report.update(
-            argument_bytes=int(mem.argument_size_in_bytes),
-            output_bytes=int(mem.output_size_in_bytes),
-            alias_bytes=int(mem.alias_size_in_bytes),
-            temp_bytes=int(mem.temp_size_in_bytes),
-            generated_code_bytes=int(mem.generated_code_size_in_bytes),
-        )
-        # Donated state aliases its output: peak ~ inputs + new outputs + scratch.
-        report["peak_bytes_per_device"] = (
-            report["argument_bytes"]
-            + report["output_bytes"]
-            - report["alias_bytes"]
-            + report["temp_bytes"]
-        )
+    report.update(compiled_stats(compiled))
     return report
 
 

@@ -53,15 +53,20 @@ def random_resized_crop(
             x0 = rng.uniform(0, w - cw)
             y0 = rng.uniform(0, h - ch)
             return _resize(image, size, (x0, y0, x0 + cw, y0 + ch))
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        cw, ch = w, w / ratio[0]
-    elif in_ratio > ratio[1]:
-        cw, ch = h * ratio[1], h
-    else:
-        cw, ch = w, h
+    cw, ch = fallback_crop(w, h, ratio)
     x0, y0 = (w - cw) / 2, (h - ch) / 2
     return _resize(image, size, (x0, y0, x0 + cw, y0 + ch))
+
+
+def fallback_crop(w: int, h: int, ratio: tuple[float, float]) -> tuple[float, float]:
+    """(width, height) of the centred crop used when no try fits: the whole image, its aspect
+    clamped to `ratio` (torchvision; shared with the on-device crop)."""
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        return w, w / ratio[0]
+    if in_ratio > ratio[1]:
+        return h * ratio[1], h
+    return w, h
 
 
 def _gray(x: np.ndarray) -> np.ndarray:
@@ -117,6 +122,11 @@ def random_view(image: np.ndarray, rng: np.random.Generator, cfg: ml_collections
         x = np.repeat(_gray(x), 3, axis=-1)
     if rng.random() < cfg.blur_prob:
         x = gaussian_blur(x, rng, tuple(cfg.blur_sigma))
+    solarize_prob = cfg.get(
+        "solarize_prob", 0.0
+    )  # No draw when off: older configs' views unchanged.
+    if solarize_prob > 0 and rng.random() < solarize_prob:
+        x = np.where(x >= 0.5, 1.0 - x, x).astype(np.float32)
     return normalize(x, cfg)
 
 
@@ -164,21 +174,29 @@ class MultiCrop(grain.transforms.RandomMap):
     `local_image_size`), each with the SimCLR colour/blur recipe of `cfg`.
 
     Blur probability per crop follows official DINO (global 1: `global_blur_prob[0]`, global 2:
-    `[1]`, locals: `local_blur_prob`); DINO's solarisation of the second global crop is not done.
+    `[1]`, locals: `local_blur_prob`); solarisation per global crop only if the config sets
+    `global_solarize_prob` (official DINO: (0, 0.2); the chest configs leave it off).
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict):
-        def crop_cfg(size: int, scale, blur: float) -> ml_collections.ConfigDict:
+        def crop_cfg(size: int, scale, blur: float, solarize: float) -> ml_collections.ConfigDict:
             c = ml_collections.ConfigDict(cfg.to_dict())
             c.update(image_size=int(size), crop_scale=tuple(scale), blur_prob=float(blur))
+            c.solarize_prob = float(solarize)
             return c
 
         blur = tuple(cfg.global_blur_prob)
+        sol = tuple(cfg.get("global_solarize_prob", (0.0,)))  # Official DINO: (0, 0.2).
         self.globals = [
-            crop_cfg(cfg.image_size, cfg.global_crop_scale, blur[min(i, len(blur) - 1)])
+            crop_cfg(
+                cfg.image_size,
+                cfg.global_crop_scale,
+                blur[min(i, len(blur) - 1)],
+                sol[min(i, len(sol) - 1)],
+            )
             for i in range(cfg.num_global_crops)
         ]
-        self.local = crop_cfg(cfg.local_image_size, cfg.local_crop_scale, cfg.local_blur_prob)
+        self.local = crop_cfg(cfg.local_image_size, cfg.local_crop_scale, cfg.local_blur_prob, 0.0)
         self.num_local = int(cfg.num_local_crops)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:

@@ -301,7 +301,8 @@ class CsvSource(FolderSource):
 
 
 class NpzSource:
-    """A `.npz` file with `images` (N, H, W[, C]) uint8 and optional `labels` (N,) int."""
+    """A `.npz` file with `images` (N, H, W[, C]) uint8 and optional `labels` (N,) int; optional `keys`
+    (record ids for manifests), `class_names` and `groups` (patient ids), as `data/cache.py` writes."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -313,6 +314,7 @@ class NpzSource:
                     raise DataError(f"{path}: no 'images' array (found {sorted(f.files)}).")
                 images = f["images"]
                 labels = f["labels"] if "labels" in f else None
+                extra = {k: f[k] for k in ("keys", "class_names", "groups") if k in f}
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read {path}: {e}") from None
         if images.ndim == 3:
@@ -330,7 +332,13 @@ class NpzSource:
             np.full(len(images), UNLABELED, np.int32) if labels is None else labels.astype(np.int32)
         )
         self.class_names = [str(c) for c in sorted(set(self.labels[self.labels >= 0].tolist()))]
-        self.groups = None
+        if "class_names" in extra:
+            self.class_names = [str(c) for c in extra["class_names"]]
+        for key in ("keys", "groups"):
+            if key in extra and extra[key].shape != (len(images),):
+                raise DataError(f"{path}: '{key}' shape {extra[key].shape} != ({len(images)},).")
+        self.keys = [str(k) for k in extra["keys"]] if "keys" in extra else None
+        self.groups = [str(g) for g in extra["groups"]] if "groups" in extra else None
         self.channels = images.shape[-1]
 
     def __len__(self) -> int:
@@ -346,6 +354,8 @@ def source_keys(source) -> list[str]:
         return list(source.keys)
     if hasattr(source, "files"):
         return [p.name for p in source.files]
+    if getattr(source, "keys", None) is not None:  # A cache of a folder: its file names.
+        return list(source.keys)
     return [f"{i:08d}" for i in range(len(source))]
 
 

@@ -21,7 +21,7 @@ from flax import nnx
 
 from s4mi_jax.core import optim, train_state
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment
+from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses.contrastive import cosine_regression, embedding_std
 from s4mi_jax.models.cass import BRANCHES, build_cass_model
 from s4mi_jax.trainers import pretrain
@@ -68,6 +68,7 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         build_model=lambda rngs, channels: build_cass_model(config.model, channels, rngs),
         make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx),
         transform=augment.OneView(config.aug),
+        device_views=device_augment.one_view(config.aug),
         views_per_image=1,
         batch_shapes=lambda c: {"image": (config.aug.image_size, config.aug.image_size, c)},
         probes={b: (lambda m, b=b: getattr(m, b).encoder) for b in BRANCHES},

@@ -32,7 +32,7 @@ from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment, manifests, pipeline
+from s4mi_jax.data import augment, device_augment, manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
@@ -216,22 +216,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config, source.channels, num_classes, mesh, len(train_src)
     )
     counts = _counts(train_src.labels, num_classes)
-    step_fn = train_state.jit_step(
-        make_train_step(
-            graphdef,
-            tx,
-            _loss(config, multilabel),
-            num_classes,
-            losses.class_weights(counts, config.loss.class_weights),
-            frozen_encoder=frozen,
-            multilabel=multilabel,
-        ),
-        train_state.shardings_of(abstract_state),
-        mesh,
+    step = make_train_step(
+        graphdef,
+        tx,
+        _loss(config, multilabel),
+        num_classes,
+        losses.class_weights(counts, config.loss.class_weights),
+        frozen_encoder=frozen,
+        multilabel=multilabel,
     )
+    if config.aug.get("on_device", False):  # The host only resizes; views are made in the step.
+        step = device_augment.with_device_views(step, device_augment.one_view(config.aug))
+    step_fn = train_state.jit_step(step, train_state.shardings_of(abstract_state), mesh)
     data_iter = pipeline.train_iterator(
         train_src,
-        augment.OneView(config.aug),
+        device_augment.host_transform(config.aug, augment.OneView(config.aug)),
         batch_size=local_batch,
         seed=config.seed,
         num_workers=config.data.num_workers,

@@ -23,7 +23,7 @@ from flax import nnx
 from s4mi_jax.core import train_state
 from s4mi_jax.core.ema import ema_update
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment
+from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses import dino as dino_losses
 from s4mi_jax.losses.contrastive import embedding_std
 from s4mi_jax.models.dino import TRAINABLE, build_dino_model
@@ -130,6 +130,7 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
             graphdef, tx, config, total, per_epoch
         ),
         transform=augment.MultiCrop(config.aug),
+        device_views=device_augment.multi_crop(config.aug),
         views_per_image=config.aug.num_global_crops + config.aug.num_local_crops,
         # Official DINO evaluates the teacher; the student is probed too for comparison.
         batch_shapes=lambda c: {

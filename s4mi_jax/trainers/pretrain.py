@@ -25,7 +25,7 @@ from s4mi_jax.core import optim, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
-from s4mi_jax.data import manifests, pipeline
+from s4mi_jax.data import device_augment, manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
@@ -33,7 +33,7 @@ from s4mi_jax.data.sources import (
     open_source,
     source_keys,
 )
-from s4mi_jax.errors import DataError
+from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
 
@@ -55,6 +55,64 @@ class Method:
     batch_shapes: Callable[[int], dict[str, tuple[int, ...]]] = lambda channels: {}
     trainable: nnx.filterlib.Filter = nnx.Param
     wrap_tx: Callable[[optax.GradientTransformation], optax.GradientTransformation] = lambda tx: tx
+    # config.aug.on_device: (rng, uint8 source images) -> the views `make_step` reads, made in the step.
+    device_views: device_augment.ViewFn | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What a run, the AOT check and the benchmark build alike from (config, method, mesh)."""
+
+    graphdef: nnx.GraphDef
+    init: Callable  # () -> the initial TrainState, built in its shardings.
+    abstract_state: object
+    step: (
+        Callable  # The pure step on the batches `transform` yields (views made in it if on-device).
+    )
+    transform: grain.transforms.RandomMap
+    batch_specs: dict[str, tuple[tuple[int, ...], jnp.dtype]]  # Per-example shape and dtype.
+    schedule: Callable
+    total_steps: int
+    steps_per_epoch: int
+
+
+def prepare(
+    config: ml_collections.ConfigDict, mesh, method: Method, channels: int, num_examples: int
+) -> Prepared:
+    """Optimizer, state initializer and step for `method`; with `config.aug.on_device`, the host only
+    resizes (`device_augment.SourceImage`) and the step makes the views itself."""
+    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, num_examples)
+    tx = method.wrap_tx(tx)
+    graphdef, init, abstract_state = train_state.initializer(
+        lambda rngs: method.build_model(rngs, channels),
+        tx,
+        config.seed,
+        mesh,
+        trainable=method.trainable,
+        rules=sharding.rules_from_config(config),
+    )
+    step = method.make_step(graphdef, tx, total_steps, steps_per_epoch)
+    specs = {k: (shape, jnp.float32) for k, shape in method.batch_shapes(channels).items()}
+    if config.aug.get("on_device", False):
+        if method.device_views is None:
+            raise ConfigError(f"config.aug.on_device=True: {method.name} has no on-device views.")
+        step = device_augment.with_device_views(step, method.device_views)
+        specs = {
+            k: (shape, jnp.uint8)
+            for k, shape in device_augment.source_batch_shapes(config.aug, channels).items()
+        }
+    transform = device_augment.host_transform(config.aug, method.transform)
+    return Prepared(
+        graphdef,
+        init,
+        abstract_state,
+        step,
+        transform,
+        specs,
+        schedule,
+        total_steps,
+        steps_per_epoch,
+    )
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -125,6 +183,19 @@ def _probe_all(config, method, graphdef, state, probe_train, probe_test, mesh, p
     return out
 
 
+def train_iterator(config: ml_collections.ConfigDict, source, transform, local_batch: int):
+    """This process's infinite, checkpointable iterator of training batches."""
+    return pipeline.train_iterator(
+        source,
+        transform,
+        batch_size=local_batch,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict:
     """Pretrain with `method`, resuming `workdir` if it holds a checkpoint; returns results.json's dict."""
     t_start = time.time()
@@ -137,30 +208,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
             f"{len(source)} training images in {source.root} is fewer than "
             f"config.batch_size={config.batch_size}."
         )
-    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, len(source))
-    tx = method.wrap_tx(tx)
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: method.build_model(rngs, source.channels),
-        tx,
-        config.seed,
-        mesh,
-        trainable=method.trainable,
-        rules=sharding.rules_from_config(config),
-    )
-    step_fn = train_state.jit_step(
-        method.make_step(graphdef, tx, total_steps, steps_per_epoch),
-        train_state.shardings_of(abstract_state),
-        mesh,
-    )
-    data_iter = pipeline.train_iterator(
-        source,
-        method.transform,
-        batch_size=local_batch,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    p = prepare(config, mesh, method, source.channels, len(source))
+    graphdef, init, abstract_state = p.graphdef, p.init, p.abstract_state
+    schedule, total_steps, steps_per_epoch = p.schedule, p.total_steps, p.steps_per_epoch
+    step_fn = train_state.jit_step(p.step, train_state.shardings_of(abstract_state), mesh)
+    data_iter = train_iterator(config, source, p.transform, local_batch)
 
     prepare_workdir(workdir, config)
     checkpointer = Checkpointer.for_run(workdir, config)
@@ -243,24 +295,14 @@ def aot_setup(config: ml_collections.ConfigDict, mesh, method: Method):
     Channels come from `config.data.channels` (default 1, grayscale X-rays); the schedule's length does
     not change the compiled program.
     """
-    tx, _, total_steps, steps_per_epoch = optim.for_run(config, config.batch_size)
-    tx = method.wrap_tx(tx)
-    channels = config.data.channels or 1
-    graphdef, _, abstract_state = train_state.initializer(
-        lambda rngs: method.build_model(rngs, channels),
-        tx,
-        config.seed,
-        mesh,
-        trainable=method.trainable,
-        rules=sharding.rules_from_config(config),
-    )
+    p = prepare(config, mesh, method, config.data.channels or 1, config.batch_size)
     batch = {
         k: jax.ShapeDtypeStruct(
-            (config.batch_size, *shape), jnp.float32, sharding=sharding.batch_sharding(mesh)
+            (config.batch_size, *shape), dtype, sharding=sharding.batch_sharding(mesh)
         )
-        for k, shape in method.batch_shapes(channels).items()
+        for k, (shape, dtype) in p.batch_specs.items()
     }
-    return method.make_step(graphdef, tx, total_steps, steps_per_epoch), abstract_state, batch
+    return p.step, p.abstract_state, batch
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from s4mi_jax.core import train_state
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment
+from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses.contrastive import embedding_std, nt_xent
 from s4mi_jax.models.simclr import build_simclr_model
 from s4mi_jax.trainers import pretrain
@@ -58,6 +58,7 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         build_model=lambda rngs, channels: build_simclr_model(config.model, channels, rngs),
         make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx, config.loss.temperature),
         transform=augment.TwoViews(config.aug),
+        device_views=device_augment.two_views(config.aug),
         views_per_image=2,
         batch_shapes=lambda c: {
             "view1": (config.aug.image_size, config.aug.image_size, c),
