@@ -45,7 +45,7 @@ from s4mi_jax.core import sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.core.metric_writer import run_environment
 from s4mi_jax.errors import ConfigError, S4MIError
-from s4mi_jax.trainers import pretrain
+from s4mi_jax.trainers import pretrain, segment
 
 # Dense peak FLOP/s per chip by compute dtype (vendor data sheets; SXM parts for GPUs). Matched by
 # substring of `device.device_kind`, first match wins (so "v5 lite" precedes "v5").
@@ -164,28 +164,46 @@ def run(
     if not hasattr(module, "method"):
         raise ConfigError(
             f"config.trainer={config.trainer!r}: the benchmark measures the pretraining trainers "
-            "(simclr, dino, cass)."
+            "(simclr, dino, cass) and the segmentation trainers (segment, fixmatch_seg, "
+            "cross_teaching)."
         )
     method = module.method(config)
     mesh = sharding.make_mesh(config.mesh)
-    local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    source, _, _ = pretrain.load_data(config)
-    p = pretrain.prepare(config, mesh, method, source.channels, len(source))
-    jitted = train_state.jit_step(p.step, train_state.shardings_of(p.abstract_state), mesh)
     batch_sharding = sharding.batch_sharding(mesh)
+    if isinstance(method, segment.SegMethod):
+        # One long-lived training iterator (labeled + unlabeled streams), as the run makes it.
+        p = segment.prepare(config, method)
+        step, abstract_state, init, it = p.step, p.abstract_state, p.init, p.data_iter
+        examples, views = p.images_per_step, 1
+        first_batch = next(it)
+        specs = {k: (v.shape[1:], v.dtype, v.shape[0]) for k, v in first_batch.items()}
+
+        def iterator():
+            return it
+    else:
+        local_batch = sharding.check_batch_size(config.batch_size, mesh)
+        source, _, _ = pretrain.load_data(config)
+        p = pretrain.prepare(config, mesh, method, source.channels, len(source))
+        step, abstract_state, init = p.step, p.abstract_state, p.init
+        examples, views = config.batch_size, method.views_per_image
+        specs = {
+            k: (shape, dtype, config.batch_size) for k, (shape, dtype) in p.batch_specs.items()
+        }
+
+        def iterator():
+            return pretrain.train_iterator(config, source, p.transform, local_batch)
+
+    jitted = train_state.jit_step(step, train_state.shardings_of(abstract_state), mesh)
     abstract_batch = {
-        k: jax.ShapeDtypeStruct((config.batch_size, *shape), dtype, sharding=batch_sharding)
-        for k, (shape, dtype) in p.batch_specs.items()
+        k: jax.ShapeDtypeStruct((n * jax.process_count(), *shape), dtype, sharding=batch_sharding)
+        for k, (shape, dtype, n) in specs.items()
     }
     rng_spec = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
     t = time.perf_counter()
-    compiled = jitted.lower(p.abstract_state, abstract_batch, rng_spec).compile()
+    compiled = jitted.lower(abstract_state, abstract_batch, rng_spec).compile()
     compile_s = time.perf_counter() - t
     stats = compiled_stats(compiled)
-    state = p.init()
-
-    def iterator():
-        return pretrain.train_iterator(config, source, p.transform, local_batch)
+    state = init()
 
     # 1. The host input pipeline alone.
     it = iterator()
@@ -193,9 +211,10 @@ def run(
     host_s = _timed_batches(it, steps)
 
     # 2. The step on one device-resident batch (the first real batch, so values are realistic).
-    fields = set(p.batch_specs)
+    fields = set(specs)
     batch = sharding.put_batch({k: v for k, v in next(it).items() if k in fields}, mesh)
-    _close(it)  # Its prefetch threads would compete with the device step on a CPU.
+    if not isinstance(method, segment.SegMethod):  # (The segmentation iterator is reused below.)
+        _close(it)  # Its prefetch threads would compete with the device step on a CPU.
 
     def steps_on(state, batches, n):
         metrics = None
@@ -236,7 +255,6 @@ def run(
         peak_bytes, mem_source = int(mem["peak_bytes_in_use"]), "allocator peak"
     else:
         peak_bytes, mem_source = stats.get("peak_bytes_per_device", -1), "XLA estimate of the step"
-    views = method.views_per_image
     env = run_environment()
     result = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -248,17 +266,17 @@ def run(
         "devices": n_dev,
         "host_cpus": os.cpu_count(),
         "num_workers": config.data.num_workers,
-        "global_batch": config.batch_size,
+        "global_batch": examples,
         "views_per_example": views,
         "compute_dtype": dtype,
         "steps": steps,
         "warmup": warmup,
-        "host_examples_per_s": steps * config.batch_size / host_s,
+        "host_examples_per_s": steps * examples / host_s,
         "synthetic_step_ms": 1e3 * step_s,
-        "synthetic_examples_per_s": steps * config.batch_size / synthetic_s,
+        "synthetic_examples_per_s": steps * examples / synthetic_s,
         "e2e_step_ms": 1e3 * e2e_s / steps,
-        "e2e_examples_per_s": steps * config.batch_size / e2e_s,
-        "e2e_views_per_s": steps * config.batch_size * views / e2e_s,
+        "e2e_examples_per_s": steps * examples / e2e_s,
+        "e2e_views_per_s": steps * examples * views / e2e_s,
         "e2e_over_synthetic": synthetic_s / e2e_s,
         "compile_s": compile_s,
         "flops_per_step": flops * n_dev,

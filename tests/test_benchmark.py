@@ -9,7 +9,7 @@ import pytest
 
 from s4mi_jax import benchmark
 from s4mi_jax.errors import ConfigError
-from tests.helpers import classification_config, local_config
+from tests.helpers import classification_config, local_config, make_seg_folder, override
 
 
 def test_quick_benchmark_reports_every_field(tmp_path):
@@ -44,5 +44,20 @@ def test_peak_table_and_unsupported_trainer():
     assert benchmark.peak_flops(Dev, "bfloat16")[0] == 989e12
     Dev.device_kind = "TPU v5 lite"
     assert benchmark.peak_flops(Dev, "bfloat16")[0] == 197e12
-    with pytest.raises(ConfigError, match="pretraining trainers"):
+    with pytest.raises(ConfigError, match="pretraining trainers .* segmentation trainers"):
         benchmark.run(classification_config("supervised"), steps=1, warmup=1)
+
+
+def test_quick_benchmark_of_a_semi_supervised_segmentation_config(tmp_path):
+    """FixMatch-seg: examples = labeled + unlabeled images per step, from the run's own iterator."""
+    from configs import common
+
+    root = make_seg_folder(tmp_path / "data", n=16, size=16, unlabeled=(1, 2, 3))
+    config = common.segmentation_config("fixmatch_seg", "local")
+    override(config, **{"data.root": root, "label_fraction": 0.5, "aug.image_size": 16})
+    result = benchmark.run(config, steps=1, warmup=1, name="fixmatch_seg_ph2.py:local")
+    assert result["trainer"] == "fixmatch_seg"
+    assert result["global_batch"] == config.batch_size + config.unlabeled_batch_size
+    for key in ("host_examples_per_s", "e2e_examples_per_s", "flops_per_step", "compile_s"):
+        assert result[key] > 0 and math.isfinite(result[key]), key
+    assert math.isfinite(result["final_loss"])

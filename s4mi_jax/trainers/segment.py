@@ -20,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -228,8 +229,26 @@ def _check_method_config(config, method: SegMethod) -> None:
         pretrained.resolve(config.init_from)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> dict:
-    t_start = time.time()
+@dataclasses.dataclass
+class Prepared:
+    """Everything a segmentation run builds before its loop: shared by `run` and s4mi_jax.benchmark."""
+
+    data: Any
+    manifest: Any
+    mesh: Any
+    local_batch: int
+    schedule: Callable
+    total_steps: int
+    graphdef: nnx.GraphDef
+    init: Callable
+    abstract_state: Any
+    step: Callable  # Pure (state, batch, rng) -> (state, metrics), not yet jitted.
+    data_iter: Any
+    images_per_step: int
+
+
+def prepare(config: ml_collections.ConfigDict, method: SegMethod) -> Prepared:
+    """Data (checked), manifest, mesh, model, optimizer, step and training iterator of a run."""
     _check_method_config(config, method)
     data = segdata.load(config.data, config.aug.image_size)
     manifest = segdata.make_manifest(data, config)
@@ -255,11 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
         config, method, data.channels, mesh, len(train_idx)
     )
     w = None if weights is None else jnp.asarray(weights)
-    step_fn = train_state.jit_step(
-        method.make_step(graphdef, tx, w, total_steps),
-        train_state.shardings_of(abstract_state),
-        mesh,
-    )
+    step = method.make_step(graphdef, tx, w, total_steps)
     labeled = segdata.ArraySource(data, train_idx)
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if method.unlabeled_views:
@@ -288,6 +303,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
         )
         images_per_step = config.batch_size
 
+    return Prepared(
+        data,
+        manifest,
+        mesh,
+        local_batch,
+        schedule,
+        total_steps,
+        graphdef,
+        init,
+        abstract_state,
+        step,
+        data_iter,
+        images_per_step,
+    )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> dict:
+    t_start = time.time()
+    p = prepare(config, method)
+    data, manifest, mesh, data_iter = p.data, p.manifest, p.mesh, p.data_iter
+    schedule, total_steps, abstract_state = p.schedule, p.total_steps, p.abstract_state
+    graphdef, init, images_per_step = p.graphdef, p.init, p.images_per_step
+    num_classes, train_idx, unl_idx = data.num_classes, manifest.train, manifest.unlabeled
+    step_fn = train_state.jit_step(p.step, train_state.shardings_of(abstract_state), mesh)
     prepare_workdir(workdir, config)
     manifest.save(os.path.join(workdir, "manifest.json"))
     checkpointer = Checkpointer.for_run(workdir, config)
