@@ -171,15 +171,12 @@ def run(
     mesh = sharding.make_mesh(config.mesh)
     batch_sharding = sharding.batch_sharding(mesh)
     if isinstance(method, segment.SegMethod):
-        # One long-lived training iterator (labeled + unlabeled streams), as the run makes it.
-        p = segment.prepare(config, method)
-        step, abstract_state, init, it = p.step, p.abstract_state, p.init, p.data_iter
+        p = segment.prepare(config, method)  # The run's own iterator: labeled + unlabeled streams.
+        step, abstract_state, init, iterator = p.step, p.abstract_state, p.init, p.make_iterator
         examples, views = p.images_per_step, 1
-        first_batch = next(it)
-        specs = {k: (v.shape[1:], v.dtype, v.shape[0]) for k, v in first_batch.items()}
-
-        def iterator():
-            return it
+        probe = iterator()
+        specs = {k: (v.shape[1:], v.dtype, v.shape[0]) for k, v in next(probe).items()}
+        _close(probe)
     else:
         local_batch = sharding.check_batch_size(config.batch_size, mesh)
         source, _, _ = pretrain.load_data(config)
@@ -213,8 +210,7 @@ def run(
     # 2. The step on one device-resident batch (the first real batch, so values are realistic).
     fields = set(specs)
     batch = sharding.put_batch({k: v for k, v in next(it).items() if k in fields}, mesh)
-    if not isinstance(method, segment.SegMethod):  # (The segmentation iterator is reused below.)
-        _close(it)  # Its prefetch threads would compete with the device step on a CPU.
+    _close(it)  # Its prefetch threads would compete with the device step on a CPU.
 
     def steps_on(state, batches, n):
         metrics = None

@@ -243,7 +243,7 @@ class Prepared:
     init: Callable
     abstract_state: Any
     step: Callable  # Pure (state, batch, rng) -> (state, metrics), not yet jitted.
-    data_iter: Any
+    make_iterator: Callable[[], Any]  # A fresh training iterator (labeled [+ unlabeled] streams).
     images_per_step: int
 
 
@@ -281,26 +281,32 @@ def prepare(config: ml_collections.ConfigDict, method: SegMethod) -> Prepared:
         local_unl = sharding.check_batch_size(
             config.unlabeled_batch_size, mesh, "config.unlabeled_batch_size"
         )
-        data_iter = segdata.semi_iterator(
-            labeled,
-            segdata.LabeledView(config.aug),
-            local_batch,
-            segdata.ArraySource(data, unl_idx),
-            segdata.UnlabeledViews(config.aug, method.strong_view),
-            local_unl,
-            seed=config.seed,
-            **kw,
-        )
+
+        def make_iterator():
+            return segdata.semi_iterator(
+                labeled,
+                segdata.LabeledView(config.aug),
+                local_batch,
+                segdata.ArraySource(data, unl_idx),
+                segdata.UnlabeledViews(config.aug, method.strong_view),
+                local_unl,
+                seed=config.seed,
+                **kw,
+            )
+
         images_per_step = config.batch_size + config.unlabeled_batch_size
     else:
-        data_iter = pipeline.train_iterator(
-            labeled,
-            segdata.LabeledView(config.aug),
-            batch_size=local_batch,
-            seed=config.seed,
-            num_workers=config.data.num_workers,
-            **kw,
-        )
+
+        def make_iterator():
+            return pipeline.train_iterator(
+                labeled,
+                segdata.LabeledView(config.aug),
+                batch_size=local_batch,
+                seed=config.seed,
+                num_workers=config.data.num_workers,
+                **kw,
+            )
+
         images_per_step = config.batch_size
 
     return Prepared(
@@ -314,7 +320,7 @@ def prepare(config: ml_collections.ConfigDict, method: SegMethod) -> Prepared:
         init,
         abstract_state,
         step,
-        data_iter,
+        make_iterator,
         images_per_step,
     )
 
@@ -322,7 +328,7 @@ def prepare(config: ml_collections.ConfigDict, method: SegMethod) -> Prepared:
 def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> dict:
     t_start = time.time()
     p = prepare(config, method)
-    data, manifest, mesh, data_iter = p.data, p.manifest, p.mesh, p.data_iter
+    data, manifest, mesh, data_iter = p.data, p.manifest, p.mesh, p.make_iterator()
     schedule, total_steps, abstract_state = p.schedule, p.total_steps, p.abstract_state
     graphdef, init, images_per_step = p.graphdef, p.init, p.images_per_step
     num_classes, train_idx, unl_idx = data.num_classes, manifest.train, manifest.unlabeled
