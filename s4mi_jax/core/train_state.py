@@ -31,6 +31,19 @@ class TrainState:
     def model(self, graphdef: nnx.GraphDef) -> nnx.Module:
         return nnx.merge(graphdef, self.params, self.model_state)
 
+    def apply_gradients(
+        self, tx: optax.GradientTransformation, grads: nnx.State, model_state: nnx.State
+    ) -> TrainState:
+        """One optimizer step of every trainer: `tx` on `grads`, the forward pass's new model state
+        (BatchNorm statistics, EMA teachers), step + 1."""
+        updates, opt_state = tx.update(grads, self.opt_state, self.params)
+        return self.replace(
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            model_state=model_state,
+            opt_state=opt_state,
+        )
+
 
 def fresh(tree: Any) -> Any:
     """New Variable objects for `tree`'s leaves, owned by the current trace.

@@ -47,13 +47,7 @@ def make_train_step(
             return loss, (train_state.split_model(model)[2], aux)
 
         (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            model_state=model_state,
-            opt_state=opt_state,
-        )
+        new_state = state.apply_gradients(tx, grads, model_state)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
         metrics.update({f"grad_norm_{b}": optax.global_norm(grads[b]) for b in BRANCHES})
         return new_state, metrics

@@ -90,11 +90,7 @@ def make_train_step(
         (loss, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(
-            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
-        )
+        new_state = state.apply_gradients(tx, grads, model_state)
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
     return train_step
