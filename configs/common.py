@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from s4mi_jax.data.sources import SEG_SAMPLE_ROOT
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """`"local"` or `"research,seed=3"` -> ConfigDict over `defaults` (big_vision's `parse_arg`).
@@ -257,13 +259,15 @@ SEG_DATASETS = {  # config argument -> (data folder, channels, resize mode)
     "ph2": ("../shared/data/ph2_dermoscopy", 3, "resize"),
     "nuclei": ("../shared/data/dsb2018_nuclei_stage1test", 3, "tile"),
     "lung": ("../shared/data/covid_cxr_lung_segmentation", 1, "resize"),
+    "sample": (SEG_SAMPLE_ROOT, 3, "tile"),  # Embedded: 12 DSB2018 nuclei images (CC0).
 }
 
 
 def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigDict:
     """Segmentation at a label fraction (trainers/segment.py, fixmatch_seg.py, cross_teaching.py).
 
-    Arguments: `nuclei` / `lung` (the other datasets; default PH2), `local` (tiny: tests, smoke runs),
+    Arguments: `nuclei` / `lung` (the other datasets; default PH2), `sample` (the embedded 12-image
+    nuclei sample: runs with no data of your own), `local` (tiny: tests, smoke runs),
     `reference` (S4MI's cross-teaching settings, methods.md §4.5: 224×224, U-Net width 16 + Swin-T lite
     window 7, batch 8 labeled + 8 unlabeled, Adam 3.6e-4 with coupled L2 1e-5, per-iteration periodic
     cosine T_max=50 to 5e-6, 10k iterations, ramp-up 0.1·exp(−5(1−⌊t/150⌋/200)²), validation every 200),
@@ -271,9 +275,16 @@ def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigD
     """
     placeholder = ml_collections.config_dict.placeholder
     arg = parse_arg(
-        arg, local=False, reference=False, nuclei=False, lung=False, label_fraction=1.0, seed=0
+        arg,
+        local=False,
+        reference=False,
+        nuclei=False,
+        lung=False,
+        sample=False,
+        label_fraction=1.0,
+        seed=0,
     )
-    dataset = "nuclei" if arg.nuclei else "lung" if arg.lung else "ph2"
+    dataset = next((d for d in ("nuclei", "lung", "sample") if arg[d]), "ph2")
     root, channels, resize = SEG_DATASETS[dataset]
     config = run_config()
     config.trainer = trainer

@@ -19,6 +19,8 @@ from s4mi_jax.data import medical
 from s4mi_jax.errors import ConfigError, DataError
 
 SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), "sample", "chest_xray")
+# Segmentation sample (BBBC038 / DSB2018 nuclei, CC0): images/ + masks/.
+SEG_SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), "sample", "nuclei")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # What a folder of images may hold: DICOM files are read with pydicom (the `medical` extra).
 READABLE_EXTENSIONS = IMAGE_EXTENSIONS + medical.DICOM_EXTENSIONS
