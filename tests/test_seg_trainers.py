@@ -79,15 +79,11 @@ def test_cross_teaching_each_network_learns_from_the_others_pseudo_labels():
     np.testing.assert_allclose(float(metrics["loss"]), sup + want_weight * cross, rtol=1e-5)
 
 
-def test_fixmatch_with_ema_teacher_eight_devices_match_one_device_float64():
-    """With the EMA teacher (the plain student path runs in the resume test below)."""
+def _one_vs_eight(method, config, seed: int, rtol: float):
+    """Two float64 steps on 1 and on 8 devices from the same init and batches: metrics and the whole
+    state agree to `rtol`. Returns (fresh state, {devices: (final state, per-step metrics)})."""
     with jax.enable_x64(True):
-        config = _config(
-            "fixmatch_seg",
-            **{"model.dtype": "float64", "fixmatch.threshold": 0.5, "fixmatch.ema_decay": 0.9},
-        )
-        method = fixmatch_seg.method(config)
-        rng = np.random.default_rng(1)
+        rng = np.random.default_rng(seed)
         batches = [_batch(config, rng, np.float64) for _ in range(2)]
         out = {}
         for n in (1, 8):
@@ -101,41 +97,33 @@ def test_fixmatch_with_ema_teacher_eight_devices_match_one_device_float64():
         fresh = jax.device_get(init())
     for a, b in zip(out[1][1], out[8][1], strict=True):
         for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-10, atol=1e-12, err_msg=k)
-    assert out[1][1][0]["confident_fraction"] > 0 and out[1][1][0]["loss_u"] > 0
+            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol / 100, err_msg=k)
     for part in ("params", "model_state", "opt_state"):
-        assert max_abs_diff(getattr(out[1][0], part), getattr(out[8][0], part)) < 1e-10, part
-    assert max_abs_diff(fresh.params, out[1][0].params) > 1e-4
+        assert max_abs_diff(getattr(out[1][0], part), getattr(out[8][0], part)) < rtol, part
+    assert max_abs_diff(fresh.params, out[1][0].params) > 1e-4  # The steps did something.
+    return fresh, out
+
+
+def test_fixmatch_with_ema_teacher_eight_devices_match_one_device_float64():
+    """With the EMA teacher (the plain student path runs in the resume test below)."""
+    config = _config(
+        "fixmatch_seg",
+        **{"model.dtype": "float64", "fixmatch.threshold": 0.5, "fixmatch.ema_decay": 0.9},
+    )
+    fresh, out = _one_vs_eight(fixmatch_seg.method(config), config, seed=1, rtol=1e-10)
+    assert out[1][1][0]["confident_fraction"] > 0 and out[1][1][0]["loss_u"] > 0
     # The EMA teacher moved, and only through the EMA (its weights are not trained parameters).
     assert max_abs_diff(fresh.model_state["teacher"], out[1][0].model_state["teacher"]) > 1e-6
     assert "teacher" not in out[1][0].params
 
 
 def test_cross_teaching_eight_devices_match_one_device_float64():
-    """Both networks (U-Net and Swin-UNet) and both Adam states, 2 steps, 1 vs 8 devices. Agreement is
-    ~1e-10, not 1e-15: Adam divides by sqrt(v), so float64 reduction-order noise on near-zero gradients
-    (Swin attention, Dice sums) becomes a relative difference in the update."""
-    with jax.enable_x64(True):
-        config = _config("cross_teaching", **{"model.cnn.dtype": "float64"})
-        config.model.transformer.dtype = "float64"
-        method = cross_teaching.method(config)
-        rng = np.random.default_rng(2)
-        batches = [_batch(config, rng, np.float64) for _ in range(2)]
-        out = {}
-        for n in (1, 8):
-            mesh, _, init, step = _setup(method, config, jax.devices()[:n], jnp.asarray([0.6, 2.0]))
-            state, logs = init(), []
-            for i, b in enumerate(batches):
-                state, m = step(
-                    state, sharding.put_batch(b, mesh), jax.random.fold_in(state.rng, i)
-                )
-                logs.append({k: float(v) for k, v in m.items()})
-            out[n] = (jax.device_get(state), logs)
-    for a, b in zip(out[1][1], out[8][1], strict=True):
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-8, atol=1e-10, err_msg=k)
-    for part in ("params", "model_state", "opt_state"):
-        assert max_abs_diff(getattr(out[1][0], part), getattr(out[8][0], part)) < 1e-8, part
+    """Both networks (U-Net and Swin-UNet) and both Adam states. Agreement is ~1e-10, not 1e-15: Adam
+    divides by sqrt(v), so float64 reduction-order noise on near-zero gradients (Swin attention, Dice
+    sums) becomes a relative difference in the update."""
+    config = _config("cross_teaching", **{"model.cnn.dtype": "float64"})
+    config.model.transformer.dtype = "float64"
+    _, out = _one_vs_eight(cross_teaching.method(config), config, seed=2, rtol=1e-8)
     assert out[1][1][1]["loss_cross_cnn"] > 0 and out[1][1][1]["loss_cross_transformer"] > 0
 
 

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from s4mi_jax.core import sharding
+from s4mi_jax.core import optim, sharding
 
 
 @flax.struct.dataclass
@@ -141,3 +141,20 @@ def jit_step(step_fn: Callable, shardings: Any, mesh: Mesh) -> Callable:
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def for_method(config: Any, method: Any, channels: int, mesh: Mesh, num_examples: int):
+    """(tx, schedule, total_steps, steps_per_epoch, graphdef, init, abstract_state) for a trainer's
+    `method` (anything with `wrap_tx`, `build_model(rngs, channels)` and `trainable`): the optimizer
+    of `config` for `num_examples` training examples and the sharded state it updates."""
+    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, num_examples)
+    tx = method.wrap_tx(tx)
+    graphdef, init, abstract_state = initializer(
+        lambda rngs: method.build_model(rngs, channels),
+        tx,
+        config.seed,
+        mesh,
+        trainable=method.trainable,
+        rules=sharding.rules_from_config(config),
+    )
+    return tx, schedule, total_steps, steps_per_epoch, graphdef, init, abstract_state

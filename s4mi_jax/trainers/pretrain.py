@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from s4mi_jax import provenance
-from s4mi_jax.core import optim, sharding, train_state
+from s4mi_jax.core import sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
@@ -81,15 +81,8 @@ def prepare(
 ) -> Prepared:
     """Optimizer, state initializer and step for `method`; with `config.aug.on_device`, the host only
     resizes (`device_augment.SourceImage`) and the step makes the views itself."""
-    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, num_examples)
-    tx = method.wrap_tx(tx)
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: method.build_model(rngs, channels),
-        tx,
-        config.seed,
-        mesh,
-        trainable=method.trainable,
-        rules=sharding.rules_from_config(config),
+    tx, schedule, total_steps, steps_per_epoch, graphdef, init, abstract_state = (
+        train_state.for_method(config, method, channels, mesh, num_examples)
     )
     step = method.make_step(graphdef, tx, total_steps, steps_per_epoch)
     specs = {k: (shape, jnp.float32) for k, shape in method.batch_shapes(channels).items()}

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from s4mi_jax import provenance
-from s4mi_jax.core import optim, pretrained, sharding, train_state
+from s4mi_jax.core import pretrained, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
@@ -143,15 +143,8 @@ def model_setup(
 ):
     """(tx, schedule, total_steps, graphdef, init, abstract_state) of the model `method` trains:
     shared by training, `aot_setup` and `s4mi_jax.predict` (which restores into `abstract_state`)."""
-    tx, schedule, total_steps, _ = optim.for_run(config, num_train)
-    tx = method.wrap_tx(tx)
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: method.build_model(rngs, channels),
-        tx,
-        config.seed,
-        mesh,
-        trainable=method.trainable,
-        rules=sharding.rules_from_config(config),
+    tx, schedule, total_steps, _, graphdef, init, abstract_state = train_state.for_method(
+        config, method, channels, mesh, num_train
     )
     return tx, schedule, total_steps, graphdef, init, abstract_state
 
