@@ -8,6 +8,7 @@ sharded and restored with everything else, never differentiated.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -20,7 +21,28 @@ from s4mi_jax.models.heads import EncoderWithHead
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
 
-_trunc = nnx.initializers.truncated_normal(stddev=0.02)
+# Official DINO initialises the head's MLP with trunc_normal_(std=0.02) (cut at ±2 in absolute value,
+# i.e. a plain normal at this std, which is what we draw), chosen for its widths:
+# in_dim (384 for ViT-S, 768 ViT-B, 2048 ResNet-50) -> 2048 -> 2048 -> 256. A Linear's signal gain is
+# about std·sqrt(fan_in), so at those widths each layer keeps 0.4-0.9 of its input's scale; at width 32
+# the same std keeps 0.11 and a 3-layer head passes ~1e-4 of the per-image signal: after a few Adam
+# steps on the biases the bottleneck is a constant, L2-normalisation maps every image to one point and
+# the teacher goes uniform (collapse). So each layer's std is raised until its gain is at least the
+# official head's at the same position (first layer: ViT-S's 384 inputs; later: the 2048 hidden units).
+OFFICIAL_STD = 0.02
+OFFICIAL_FAN_IN = (384, 2048)  # (first layer, later layers)
+
+
+def mlp_init_std(layer: int, fan_in: int) -> float:
+    """0.02 at the official widths (and wider); 0.02·sqrt(n_official / fan_in) below them."""
+    ref = OFFICIAL_FAN_IN[0] if layer == 0 else OFFICIAL_FAN_IN[1]
+    return OFFICIAL_STD * math.sqrt(max(1.0, ref / fan_in))
+
+
+# `last_layer` is built after official DINOHead's `self.apply(_init_weights)`, so it keeps torch
+# nn.Linear's default init, kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)). (Weight
+# normalisation makes the forward pass scale-free; the scale sets the step size of the directions.)
+_torch_linear_default = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 class Center(nnx.Variable):
@@ -36,7 +58,7 @@ class WeightNormLinear(nnx.Module):
 
     def __init__(self, d_in: int, d_out: int, norm_last_layer: bool, param_dtype: Any, rngs):
         self.dtype = at_least_float32(param_dtype)  # Normalised in full precision.
-        self.kernel = nnx.Param(_trunc(rngs.params(), (d_in, d_out), param_dtype))
+        self.kernel = nnx.Param(_torch_linear_default(rngs.params(), (d_in, d_out), param_dtype))
         self.scale = None if norm_last_layer else nnx.Param(jnp.ones((d_out,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,21 +89,30 @@ class DinoHead(nnx.Module):
         self.mlp = nnx.List(
             [
                 nnx.Linear(
-                    a, b, kernel_init=_trunc, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+                    a,
+                    b,
+                    kernel_init=nnx.initializers.normal(stddev=mlp_init_std(i, a)),
+                    dtype=dtype,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
                 )
-                for a, b in zip(dims[:-1], dims[1:], strict=True)
+                for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))
             ]
         )
         self.last_layer = WeightNormLinear(
             bottleneck_dim, out_dim, norm_last_layer, param_dtype, rngs
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def bottleneck(self, x: jax.Array) -> jax.Array:
+        """The MLP's output before L2-normalisation (what the collapse monitors and gain test read)."""
         for i, layer in enumerate(self.mlp):
             x = layer(x)
             if i < len(self.mlp) - 1:
                 x = nnx.gelu(x, approximate=False)
-        return self.last_layer(l2_normalize(x))
+        return x
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.last_layer(l2_normalize(self.bottleneck(x)))
 
 
 class DinoModel(nnx.Module):
