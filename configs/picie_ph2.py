@@ -30,7 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # PiCIE: Adam 1e-4, no weight decay, constant learning rate.
     config.optim = common.optim_config("adam", 1e-4, min_lr=1e-4)
-    config.loss = dict(class_weights="none")  # Unused: no supervised loss.
+    # CE class weights from the batch's cluster labels: "frequency" (PiCIE's counts / counts.sum()),
+    # "inverse" (class-balanced, 1 / count) or "none".
+    config.loss = dict(class_weights="frequency")
     config.batch_size = 8
     config.total_steps = ml_collections.config_dict.placeholder(int)
     config.total_epochs = 1.0 if local else 20.0

@@ -1,5 +1,6 @@
 """Losses against plain NumPy references written from the papers' formulas."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,6 +85,50 @@ def test_sigmoid_focal_loss_matches_numpy(seed, c):
     multi = (rng.uniform(size=(7, c)) < 0.4).astype(np.float32)  # Multi-label targets.
     got = float(sigmoid_focal_loss(jnp.asarray(z), jnp.asarray(multi)))
     np.testing.assert_allclose(got, _focal_numpy(z, multi, np.ones(c)), rtol=1e-5)
+
+
+def _focal_stable_numpy(z, y, w, alpha=1.0, gamma=2.0):
+    """Focal loss from its definition, −α(1−p_t)^γ log p_t · w_c, in float64 with log p_t and 1−p_t
+    computed stably, and its gradient d(loss)/dz; both per element, unaveraged."""
+    z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+    logp, log1mp = -np.logaddexp(0, -z), -np.logaddexp(0, z)  # log σ(z), log σ(−z)
+    logpt = y * logp + (1 - y) * log1mp
+    q = -np.expm1(logpt)  # 1 − p_t
+    loss = -alpha * q**gamma * logpt * w
+    dloss_dlogpt = -alpha * (q**gamma - gamma * q ** (gamma - 1) * np.exp(logpt) * logpt) * w
+    return loss, dloss_dlogpt * (y - np.exp(logp))  # d log p_t / dz = y − σ(z)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_sigmoid_focal_loss_saturated_logits_under_jit(dtype):
+    """Under jit XLA folds the reference's log(1−p+ε) into log((1+ε)−p) and the ε vanishes in float32:
+    saturated logits gave a NaN loss and gradient. Checked per element and on a weighted batch."""
+    from s4mi_jax.losses.classification import sigmoid_focal_loss
+
+    mags = np.array([0.5, 5.0, 17.0, 30.0, 100.0, 1e4])
+    z = np.concatenate([mags, -mags])[None].repeat(2, 0)  # Both signs ...
+    y = np.array([[1.0], [0.0]]).repeat(z.shape[1], 1)  # ... against positive and negative targets.
+    zq = jnp.asarray(z, dtype)
+    z64 = np.asarray(zq.astype(jnp.float32), np.float64)  # The logits the loss actually sees.
+    rtol = 1e-5 if dtype == jnp.float32 else 1e-2  # bfloat16 gradients come back in bfloat16.
+
+    one = jax.jit(
+        jax.vmap(jax.value_and_grad(lambda zi, yi: sigmoid_focal_loss(zi[None], yi[None])))
+    )
+    val, grad = one(zq.reshape(-1), jnp.asarray(y.reshape(-1)))
+    ref_val, ref_grad = _focal_stable_numpy(z64.reshape(-1), y.reshape(-1), 1.0)
+    assert np.isfinite(val).all() and np.isfinite(np.asarray(grad, np.float32)).all()
+    np.testing.assert_allclose(np.asarray(val), ref_val, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(np.asarray(grad, np.float32), ref_grad, rtol=rtol, atol=1e-30)
+
+    w = np.linspace(0.2, 1.0, z.shape[1])
+    batch = jax.jit(jax.value_and_grad(sigmoid_focal_loss))
+    val, grad = batch(zq, jnp.asarray(y), jnp.asarray(w, jnp.float32))
+    ref_val, ref_grad = _focal_stable_numpy(z64, y, w)
+    np.testing.assert_allclose(float(val), ref_val.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(grad, np.float32), ref_grad / z.size, rtol=rtol, atol=1e-30
+    )
 
 
 def test_cross_entropies_match_numpy():

@@ -1,6 +1,7 @@
 """PiCIE: on-device k-means equals scikit-learn, the equivariance transform is exact, Hungarian
 matching on a hand-made confusion matrix, the loss equals NumPy, and a tiny run writes its results."""
 
+import functools
 import json
 import os
 
@@ -102,7 +103,7 @@ def test_feature_maps_of_the_two_views_align():
 
 
 def test_sharded_step_equals_single_device():
-    """The step on 8 devices (batch split, class-balanced CE over the global batch) equals 1 device."""
+    """The step on 8 devices (batch split, class weights from the global batch) equals 1 device."""
     rng = np.random.default_rng(1)
     views = {f"view{i}": rng.normal(size=(8, 8, 8, 3)).astype(np.float32) for i in (1, 2)}
     mu = rng.normal(size=(2, 2, 6)).astype(np.float32)
@@ -137,28 +138,63 @@ def test_hungarian_on_a_hand_made_confusion_matrix():
     assert scores["miou"] == pytest.approx((2 / 3 + 3 / 5 + 1 / 2) / 3)
 
 
-def test_picie_loss_matches_numpy():
-    rng = np.random.default_rng(0)
-
-    def unit(*shape):
-        x = rng.normal(size=shape)
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-    f1, f2, mu1, mu2 = unit(2, 3, 4, 5), unit(2, 3, 4, 5), unit(3, 5), unit(3, 5)
+def _picie_loss_numpy(f1, f2, mu1, mu2, weight_of_counts):
+    """PiCIE's loss in float64, each CE torch's `CrossEntropyLoss(weight=w)`: Σ w_y·nll / Σ w_y."""
+    d, k = f1.shape[-1], len(mu1)
 
     def ce(f, mu, y):
-        z = f.reshape(-1, 5) @ mu.T
+        z = f.reshape(-1, d) @ mu.T
         nll = -(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(len(y)), y]
-        w = 1.0 / np.bincount(y, minlength=3)[y]
+        w = weight_of_counts(np.bincount(y, minlength=k).astype(np.float64))[y]
         return (w * nll).sum() / w.sum()
 
-    y1 = np.argmin(((f1.reshape(-1, 1, 5) - mu1) ** 2).sum(-1), -1)
-    y2 = np.argmin(((f2.reshape(-1, 1, 5) - mu2) ** 2).sum(-1), -1)
+    y1 = np.argmin(((f1.reshape(-1, 1, d) - mu1) ** 2).sum(-1), -1)
+    y2 = np.argmin(((f2.reshape(-1, 1, d) - mu2) ** 2).sum(-1), -1)
+    assert len(set(np.bincount(y1, minlength=k))) == k  # Unequal counts: the weightings differ.
     within = (ce(f1, mu1, y1) + ce(f2, mu2, y2)) / 2
     cross = (ce(f1, mu2, y2) + ce(f2, mu1, y1)) / 2
-    loss, aux = jax.jit(L.picie_loss)(*map(jnp.asarray, (f1, f2, mu1, mu2)))
-    assert float(loss) == pytest.approx((within + cross) / 2, rel=1e-5)
-    assert float(aux["loss_cross"]) == pytest.approx(cross, rel=1e-5)
+    return (within + cross) / 2, cross
+
+
+def _unit(rng, *shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "class_weights,weight_of_counts",
+    [
+        (None, lambda n: n / n.sum()),  # The default: PiCIE's `compute_labels` frequencies.
+        ("frequency", lambda n: n / n.sum()),
+        ("inverse", lambda n: 1.0 / n),  # The former default, class-balanced.
+        ("none", lambda n: np.ones_like(n)),
+    ],
+)
+def test_picie_loss_matches_numpy(class_weights, weight_of_counts):
+    rng = np.random.default_rng(0)
+    f1, f2, mu1, mu2 = (
+        _unit(rng, 2, 3, 4, 5),
+        _unit(rng, 2, 3, 4, 5),
+        _unit(rng, 3, 5),
+        _unit(rng, 3, 5),
+    )
+    loss_fn = L.picie_loss
+    if class_weights is not None:
+        loss_fn = functools.partial(L.picie_loss, class_weights=class_weights)
+    loss, aux = jax.jit(loss_fn)(*map(jnp.asarray, (f1, f2, mu1, mu2)))
+    want, want_cross = _picie_loss_numpy(f1, f2, mu1, mu2, weight_of_counts)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(aux["loss_cross"]) == pytest.approx(want_cross, rel=1e-5)
+
+
+def test_picie_inverse_weights_reproduce_the_former_default():
+    """The "inverse" weighting gives what the loss gave before the default became PiCIE's frequencies
+    (the value below is that code's output on these inputs); the default differs from it."""
+    rng = np.random.default_rng(0)
+    args = [jnp.asarray(_unit(rng, *s)) for s in ((2, 3, 4, 5), (2, 3, 4, 5), (3, 5), (3, 5))]
+    inverse = float(L.picie_loss(*args, class_weights="inverse")[0])
+    assert inverse == pytest.approx(0.9785426259040833, rel=1e-5)
+    assert float(L.picie_loss(*args)[0]) == pytest.approx(0.9848442077636719, rel=1e-5)
 
 
 def test_tiny_picie_run_writes_results(tmp_path):
@@ -192,6 +228,7 @@ def test_tiny_picie_run_writes_results(tmp_path):
         ("picie.num_clusters", 1, "config.picie.num_clusters"),
         ("picie.kmeans_batches", 0, "config.picie.kmeans_batches"),
         ("picie.crop_scale", (0.0, 1.0), "config.picie.crop_scale"),
+        ("loss.class_weights", "balanced", "config.loss.class_weights='balanced'"),
     ],
 )
 def test_bad_picie_settings_name_the_key(key, value, match):

@@ -32,7 +32,7 @@ def _np_reference(p, g):
         "iou": iou,
         "hd95": np.percentile(np.concatenate([d_pg, d_gp]), 95),
         "asd": d_pg.mean(),
-        "assd": (d_pg.mean() + d_gp.mean()) / 2,
+        "assd": np.concatenate([d_pg, d_gp]).mean(),  # Both directions pooled (medpy >= 0.5).
     }
 
 
@@ -56,6 +56,24 @@ def test_random_masks_match_numpy_reference(seed):
     for k in seg.PER_IMAGE:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
     assert got["hd95"] > 0 and got["asd"] != seg.binary_metrics(g, p)["asd"] or p.sum() == g.sum()
+
+
+def test_assd_pools_both_directions_not_mean_of_means():
+    """A small disk near one side of a big square (16 vs 124 surface pixels): the disk is close to the
+    square's surface but most of the square is far from the disk, so pooling the distances (medpy
+    >= 0.5, loli/medpy#108) and averaging the two directional means (medpy <= 0.4) differ."""
+    yy, xx = np.mgrid[:40, :40]
+    disk = (yy - 10) ** 2 + (xx - 12) ** 2 <= 3**2  # 16 surface pixels, the square 124.
+    square = np.zeros((40, 40), bool)
+    square[4:36, 4:36] = True
+    for p, g in ((disk, square), (square, disk)):
+        d_pg, d_gp = _np_directed(p, g), _np_directed(g, p)
+        assert sorted([len(d_pg), len(d_gp)]) == [16, 124]
+        pooled = np.concatenate([d_pg, d_gp]).mean()
+        old = (d_pg.mean() + d_gp.mean()) / 2
+        got = seg.binary_metrics(p, g)["assd"]
+        np.testing.assert_allclose(got, pooled, rtol=1e-12)
+        assert got > 1.3 * old  # Old formula: 11.38, pooled: 15.83.
 
 
 def test_empty_rules_never_reward_a_miss():

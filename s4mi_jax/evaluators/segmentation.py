@@ -7,7 +7,9 @@ foreground class c (a class-c mask P of the prediction, G of the ground truth):
 * Surface of a mask = mask XOR its erosion by the 4-connected cross (pixels on the image edge count as
   surface); distances are Euclidean, in pixels, between surface pixels (scipy distance transform).
 * HD95 = 95th percentile of both directions' surface distances pooled; ASD = mean distance from P's
-  surface to G's (one-directional, as medpy's `asd`); ASSD = mean of the two directional means (medpy).
+  surface to G's (one-directional, as medpy's `asd`); ASSD = mean of both directions' distances
+  pooled, mean(d_PG ∪ d_GP), as medpy ≥ 0.5 (medpy ≤ 0.4 averaged the two directional means, which
+  its maintainers called wrong, loli/medpy#108: it over-weights the smaller surface's pixels).
 
 **Empty masks** (explicit; S4MI skips empty-GT images and scores a missed lesion HD95 = 0, which
 rewards misses — methods.md §7.7):
@@ -48,7 +50,8 @@ def _directed_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def binary_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Dice, IoU, HD95, ASD (pred -> gt), ASSD of two boolean (H, W) masks, with the empty rules above."""
+    """Dice, IoU, HD95, ASD (pred -> gt), ASSD (both directions pooled) of two boolean (H, W) masks,
+    with the empty rules above."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
     inter = np.logical_and(pred, gt).sum()
     n_p, n_g = pred.sum(), gt.sum()
@@ -61,12 +64,13 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         return {"dice": float(dice), "iou": float(iou), "hd95": worst, "asd": worst, "assd": worst}
     d_pg = _directed_distances(pred, gt)
     d_gp = _directed_distances(gt, pred)
+    pooled = np.concatenate([d_pg, d_gp])
     return {
         "dice": float(dice),
         "iou": float(iou),
-        "hd95": float(np.percentile(np.concatenate([d_pg, d_gp]), 95)),
+        "hd95": float(np.percentile(pooled, 95)),
         "asd": float(d_pg.mean()),
-        "assd": float((d_pg.mean() + d_gp.mean()) / 2),
+        "assd": float(pooled.mean()),
     }
 
 

@@ -12,8 +12,6 @@ import numpy as np
 
 from s4mi_jax.errors import ConfigError
 
-FOCAL_EPS = 1e-12
-
 
 def softmax_cross_entropy(
     logits: jax.Array, targets: jax.Array, class_weights: jax.Array | None = None
@@ -32,15 +30,21 @@ def sigmoid_focal_loss(
     alpha: float = 1.0,
     gamma: float = 2.0,
 ) -> jax.Array:
-    """The DEDL/CASS focal loss, exactly as the reference code writes it.
+    """The DEDL/CASS focal loss: FL = −α (1−p_t)^γ log p_t · w_c, averaged over batch × classes.
 
-    p = σ(z); log p_t = y·log(p+ε) + (1−y)·log(1−p+ε), ε = 1e-12; FL = −α (1−p_t)^γ log p_t · w_c,
-    averaged over batch × classes. Used for multi-class data too, with one-hot targets.
+    log p_t = y·log σ(z) + (1−y)·log σ(−z). Used for multi-class data too, with one-hot targets.
+    The reference code writes log(p+ε) and log(1−p+ε) with p = σ(z), ε = 1e-12; under `jax.jit`
+    XLA folds 1−p+ε into (1+ε)−p, the ε rounds away in float32, and a saturated logit (|z| ≳ 17)
+    gives log 0 and a NaN loss and gradient. Here log p and log(1−p) are `log_sigmoid(±z)` and
+    1−p_t is −expm1(log p_t): this equals the reference formula's exact value to float32 precision
+    wherever ε ≪ min(p, 1−p) (|z| ≲ 13), and stays finite and exact where the ε is rewritten away.
+    One difference where the reference is finite: for a confidently wrong logit (|z| ≳ 20) its ε
+    pulls log p_t up toward log ε ≈ −27.6, flattening the loss and its gradient; here log p_t keeps
+    its true value (≈ −|z|), as in the focal loss's definition.
     """
-    p = jax.nn.sigmoid(logits.astype(jnp.float32))
-    logpt = targets * jnp.log(p + FOCAL_EPS) + (1 - targets) * jnp.log(1 - p + FOCAL_EPS)
-    pt = jnp.exp(logpt)
-    loss = -alpha * (1 - pt) ** gamma * logpt
+    z = logits.astype(jnp.float32)
+    logpt = targets * jax.nn.log_sigmoid(z) + (1 - targets) * jax.nn.log_sigmoid(-z)
+    loss = -alpha * (-jnp.expm1(logpt)) ** gamma * logpt
     if class_weights is not None:
         loss = loss * class_weights
     return jnp.mean(loss)

@@ -12,8 +12,11 @@ Loss (PiCIE `train`): features L2-normalised, logits = cosine similarity to each
 the view-1 centroids μ1, view 2 against μ2),
   within = ½[CE(f1·μ1, y1) + CE(f2·μ2, y2)],  cross = ½[CE(f1·μ2, y2) + CE(f2·μ1, y1)],
   loss = ½(within + cross);
-CE is class-balanced (torch `CrossEntropyLoss(weight=1/frequency)`: Σ w_y·nll / Σ w_y) with the
-frequencies of the batch's labels (PiCIE counts them over the epoch).
+CE is class-weighted as torch's `CrossEntropyLoss(weight=w)`: Σ w_y·nll / Σ w_y, with w from the
+frequencies of the batch's labels (PiCIE counts them over the epoch). PiCIE's `compute_labels` passes
+w = the label *frequency* (counts / counts.sum()), so the more frequent cluster weighs more; that is
+the default here. `config.loss.class_weights` picks it ("frequency"), the class-balanced inverse
+frequency ("inverse") or no weights ("none").
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from s4mi_jax import kmeans
+from s4mi_jax.errors import ConfigError
+
+CLASS_WEIGHTS = ("frequency", "inverse", "none")
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -63,25 +69,50 @@ def crop_flip(x: jax.Array, boxes: jax.Array, flips: jax.Array) -> jax.Array:
     return jnp.einsum("nih,nhwc,njw->nijc", wy.astype(x.dtype), x, wx.astype(x.dtype))
 
 
-def balanced_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Σ w_y·(−log softmax(logits)_y) / Σ w_y with w_k = 1 / (pixels labelled k) (0 if none)."""
+def check_class_weights(scheme: str) -> None:
+    """Raise a ConfigError naming `config.loss.class_weights` unless `scheme` is one of CLASS_WEIGHTS."""
+    if scheme not in CLASS_WEIGHTS:
+        raise ConfigError(
+            f"config.loss.class_weights={scheme!r}: expected one of {', '.join(CLASS_WEIGHTS)}."
+        )
+
+
+def weighted_cross_entropy(
+    logits: jax.Array, labels: jax.Array, class_weights: str = "frequency"
+) -> jax.Array:
+    """Σ w_y·(−log softmax(logits)_y) / Σ w_y, torch's weighted-mean CE, with w_k from the n_k pixels
+    labelled k: n_k / Σn ("frequency", PiCIE's), 1 / n_k ("inverse", 0 if n_k = 0) or 1 ("none")."""
+    check_class_weights(class_weights)
     k = logits.shape[-1]
     onehot = jax.nn.one_hot(labels, k, dtype=logits.dtype)
     counts = jnp.sum(onehot.reshape(-1, k), 0)
-    w = jnp.where(counts > 0, 1.0 / jnp.maximum(counts, 1.0), 0.0)
+    if class_weights == "frequency":
+        w = counts / jnp.sum(counts)
+    elif class_weights == "inverse":
+        w = jnp.where(counts > 0, 1.0 / jnp.maximum(counts, 1.0), 0.0)
+    else:
+        w = jnp.ones_like(counts)
     nll = -jnp.sum(onehot * jax.nn.log_softmax(logits, -1), -1)
     wy = jnp.sum(onehot * w, -1)
     return jnp.sum(wy * nll) / jnp.sum(wy)
 
 
 def picie_loss(
-    f1: jax.Array, f2: jax.Array, mu1: jax.Array, mu2: jax.Array
+    f1: jax.Array,
+    f2: jax.Array,
+    mu1: jax.Array,
+    mu2: jax.Array,
+    class_weights: str = "frequency",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """PiCIE's loss on aligned, L2-normalised feature maps f1, f2 (N, H, W, D) and centroids (K, D)."""
+    """PiCIE's loss on aligned, L2-normalised feature maps f1, f2 (N, H, W, D) and centroids (K, D);
+    `class_weights` as `weighted_cross_entropy`'s."""
     d = f1.shape[-1]
     y1 = jax.lax.stop_gradient(kmeans.assign(f1.reshape(-1, d), mu1)).reshape(f1.shape[:-1])
     y2 = jax.lax.stop_gradient(kmeans.assign(f2.reshape(-1, d), mu2)).reshape(f2.shape[:-1])
-    ce = balanced_cross_entropy
+
+    def ce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+        return weighted_cross_entropy(logits, labels, class_weights)
+
     within = (ce(f1 @ mu1.T, y1) + ce(f2 @ mu2.T, y2)) / 2
     cross = (ce(f1 @ mu2.T, y2) + ce(f2 @ mu1.T, y1)) / 2
     aux = {

@@ -14,7 +14,8 @@ test images). Masks are used only to score it:
   mini-batch k-means step per further batch; the centroids are L2-normalised (cosine metric).
 * Train step: PiCIE's within- plus cross-view loss (losses/picie.py). Labels are the nearest centroid
   of the current features under stop-gradient (PiCIE labels the whole pool once per epoch in a
-  separate pass; here they come from the same forward pass, with the epoch's centroids).
+  separate pass; here they come from the same forward pass, with the epoch's centroids). The CE's
+  class weights (`config.loss.class_weights`) are PiCIE's label frequencies by default.
 * Evaluation: each pixel goes to its nearest view-1 centroid (eval mode). Clusters are matched to
   classes by the Hungarian algorithm **fit on the validation split** and that mapping is applied to
   the test split (`test`: pixel accuracy, mIoU and the segmentation metrics Dice/IoU/HD95/ASD);
@@ -105,16 +106,20 @@ def make_features_fn(graphdef: nnx.GraphDef, crop_scale: tuple[float, float]) ->
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, crop_scale: tuple[float, float]
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    crop_scale: tuple[float, float],
+    class_weights: str = "frequency",
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """The pure PiCIE step `(state, batch, rng) -> (state, metrics)`."""
+    """The pure PiCIE step `(state, batch, rng) -> (state, metrics)`; `class_weights` is
+    `config.loss.class_weights` (losses/picie.py)."""
     features = make_features_fn(graphdef, crop_scale)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         def loss_fn(params):
             f1, f2, model = features(params, state.model_state, batch, rng)
             mu1, mu2 = model.centroids1.value, model.centroids2.value
-            loss, aux = L.picie_loss(f1, f2, mu1, mu2)
+            loss, aux = L.picie_loss(f1, f2, mu1, mu2, class_weights)
             return loss, (train_state.split_model(model)[2], aux)
 
         (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -195,6 +200,7 @@ def _check_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
             f"config.picie.kmeans_batches={p.kmeans_batches} and config.picie.kmeans_iters="
             f"{p.kmeans_iters} must be >= 1."
         )
+    L.check_class_weights(config.loss.class_weights)
     lo, hi = tuple(p.crop_scale)
     if not 0.0 < lo <= hi <= 1.0:
         raise ConfigError(f"config.picie.crop_scale={tuple(p.crop_scale)}: need 0 < lo <= hi <= 1.")
@@ -267,7 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     crop_scale = tuple(config.picie.crop_scale)
     step_fn = train_state.jit_step(
-        make_train_step(graphdef, tx, crop_scale), train_state.shardings_of(abstract_state), mesh
+        make_train_step(graphdef, tx, crop_scale, config.loss.class_weights),
+        train_state.shardings_of(abstract_state),
+        mesh,
     )
     kmeans_step = make_kmeans_fn(graphdef, crop_scale, int(config.picie.kmeans_iters))
     source = segdata.ArraySource(data, pool)
