@@ -1,23 +1,37 @@
 """CASS pretraining on chest X-rays (a CNN and a ViT trained together), then a linear probe of each.
 
+CASS starts both networks pretrained, as the original always does (timm ImageNet weights); from random
+initialisation its loss (`2 - 2 cos` between the two networks, no negatives) is minimised by both
+outputting one constant, and they do (the collapse alarm says so). Without downloads, the default starts
+from this project's own self-supervised runs of the same data (no labels used): the CNN from SimCLR,
+the ViT from DINO. So, on a fresh clone:
+
+    python -m s4mi_jax.main --config=configs/simclr_chest.py          # -> runs/simclr_chest (the CNN)
+    python -m s4mi_jax.main --config=configs/dino_chest.py:vit        # -> runs/dino_chest_vit (the ViT)
     python -m s4mi_jax.main --config=configs/cass_chest.py            # embedded sample, CPU, minutes
-    python -m s4mi_jax.main --config=configs/cass_chest.py:local      # tiny smoke run (tests, CI)
+    python -m s4mi_jax.main --config=configs/cass_chest.py:local      # tiny smoke run (tests, CI; random start)
     python -m s4mi_jax.main --config=configs/cass_chest.py:reference  # the released notebook's recipe
     python -m s4mi_jax.main --config=configs/cass_chest.py:research \\
-        --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X  # ResNet-50 + ViT-B/16 at 384
+        --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X \\
+        --config.model.cnn.init_from=/weights/resnet50_a1_in1k.safetensors \\
+        --config.model.vit.init_from=/weights/vit_base_patch16_384.safetensors  # ResNet-50 + ViT-B/16 @384
 
-Fine-tune or probe either branch at a label fraction with configs/{finetune,linear_probe}_chest.py and
-`--config.init_from=<this workdir> --config.init_encoder=cnn/encoder` (or `vit/encoder`, with
-`--config.model.name=vit` and this config's ViT fields).
+Expected: no collapse warning; both branches' linear probes beat the random-init probe of the same network
+(docs/methods.md: the `:local` sweep on the chest X-rays). Fine-tune or probe either branch at a label
+fraction with configs/{finetune,linear_probe}_chest.py and `--config.init_from=<this workdir>
+--config.init_encoder=cnn/encoder` (or `vit/encoder`, with `--config.model.name=vit` and this config's
+ViT fields).
 
-Default (the method as described, methods.md §4.3 and §5): a width-16 ResNet-18 and a 6-block ViT
-(patch 8, width 192) at 64x64, each with a 2-layer MLP projection head to 128-d, `2 - 2 cos` between
-them, Adam 1e-3 with warm-up + cosine, gradients fresh every step, SSL on all training images.
-`reference`: CASS.ipynb's settings: batch 16, Adam 1e-3, torch CosineAnnealingLR(T_max=16, eta_min=1e-6)
-stepped per iteration (periodic, methods.md §7.1), the networks' raw 1000-way outputs compared (no
-projection head), gradients never zeroed (the notebook's missing `zero_grad()`), 100 epochs.
-`research`: ResNet-50 + ViT-B/16 at 384x384, bf16 compute (ImageNet initialisation needs ported timm
-weights, not shipped).
+Source: CASS (Singh et al.), its released notebook CASS.ipynb. Default: the method as described: a
+width-16 ResNet-18 and a 6-block ViT (patch 8, width 192) at 64x64, each with a 2-layer MLP projection
+head to 128-d, `2 - 2 cos` between them, Adam 1e-3 with warm-up + cosine, gradients fresh every step,
+SSL on all training images. `init_from` of each network: a workdir, a checkpoint, a weights file, or
+"random" (collapses). `reference`: CASS.ipynb's settings: batch 16, Adam 1e-3, torch
+CosineAnnealingLR(T_max=16, eta_min=1e-6) stepped per iteration (periodic), the networks' raw 1000-way
+outputs compared (no projection head), gradients never zeroed (the notebook's missing `zero_grad()`),
+100 epochs. `research`: ResNet-50 + ViT-B/16 at 384x384, bf16 compute, from timm's ImageNet weights
+(`timm.create_model("resnet50" / "vit_base_patch16_384", pretrained=True)` in the notebook), which
+are not shipped: the run stops with one line naming the missing file.
 """
 
 import ml_collections
@@ -43,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.model.cnn.image_size = config.aug.get_ref("image_size")
     config.model.vit.image_size = config.aug.get_ref("image_size")
+    # Pretrained starts (see the docstring): the default commands' workdirs of SimCLR and DINO:vit.
+    config.model.cnn.update(init_from="runs/simclr_chest", init_encoder="encoder")
+    config.model.vit.update(init_from="runs/dino_chest_vit", init_encoder="teacher/encoder")
     config.optim = common.optim_config("adam", 1e-3, warmup_epochs=5.0, min_lr=1e-6)
     config.batch_size = 64
     config.total_epochs = 100.0
@@ -60,6 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.cnn.width = 8
         config.model.vit.update(embed_dim=32, depth=2, num_heads=2)
         config.model.head.update(hidden_dim=32, out_dim=16, logit_dim=64)
+        # Smoke runs of the machinery start at random (they collapse; the alarm says so). The sweep
+        # in docs/methods.md passes SimCLR:local / DINO:local,vit workdirs instead.
+        config.model.cnn.init_from = "random"
+        config.model.vit.init_from = "random"
         config.aug.image_size = 32
         config.batch_size = 16
         config.total_steps = 6
@@ -77,4 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.log_every = 50
         config.ckpt_every = 1000
         config.eval.update(batch_size=256, probe_at_init=False)
+        config.model.cnn.update(init_from="weights/resnet50_a1_in1k.safetensors", init_encoder="")
+        config.model.vit.update(
+            init_from="weights/vit_base_patch16_384.safetensors", init_encoder=""
+        )
     return config

@@ -141,6 +141,10 @@ def run_config() -> ml_collections.ConfigDict:
             # A non-finite loss/gradient never updates the parameters; then "stop" (at the next log,
             # naming the step) or "skip" (count it in train/skipped_steps and go on).
             nonfinite="stop",
+            # Self-supervised runs: the collapse alarm (s4mi_jax/core/collapse.py) "warn"s once,
+            # "stop"s the run, or is "off"; checked after this fraction of the run.
+            collapse="warn",
+            collapse_after=0.1,
             # Resume a workdir whose config.json differs (beyond log/checkpoint cadence) from this one.
             allow_config_change=False,
             log_every=10,

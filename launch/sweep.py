@@ -41,6 +41,9 @@ UNSUPERVISED = ("picie",)  # No training labels: one cell per seed, reported at 
 
 
 DEFAULT_CELL_CONFIG = "configs/{method}_chest.py"
+# `--pretrain_config=random`: no pretraining; probe / fine-tune cells start from the random init.
+RANDOM_INIT = "random"
+PRETRAIN_ONLY = "pretrain"  # `--methods=pretrain`: the pretraining runs only (e.g. a CASS start).
 
 
 def config_file(method: str, cell_config: str = DEFAULT_CELL_CONFIG) -> str:
@@ -59,10 +62,13 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (labeled subset, ini
 _METHODS = flags.DEFINE_list(
     "methods",
     ["supervised", "linear_probe", "finetune"],
-    f"Classification methods, or segmentation methods {list(SEGMENTATION)} (not mixed).",
+    f"Classification methods, or segmentation methods {list(SEGMENTATION)} (not mixed); "
+    "'pretrain' runs the pretraining only.",
 )
 _PRETRAIN_CONFIG = flags.DEFINE_string(
-    "pretrain_config", "configs/simclr_chest.py", "Self-supervised pretraining config."
+    "pretrain_config",
+    "configs/simclr_chest.py",
+    "Self-supervised pretraining config, or 'random': the cells probe / fine-tune the random init.",
 )
 _CELL_CONFIG = flags.DEFINE_string(
     "cell_config",
@@ -72,7 +78,10 @@ _CELL_CONFIG = flags.DEFINE_string(
     "methods: their PH2 configs).",
 )
 _PRETRAIN_OVERRIDES = flags.DEFINE_multi_string(
-    "pretrain_override", [], "Extra `key=value` config overrides for pretraining."
+    "pretrain_override",
+    [],
+    "Extra `key=value` config overrides for pretraining; {seed} is replaced by the seed (e.g. "
+    "model.cnn.init_from=runs/simclr/pretrain/seed_{seed}).",
 )
 _CELL_OVERRIDES = flags.DEFINE_multi_string(
     "cell_override", [], "Extra `key=value` config overrides for every classification cell."
@@ -102,13 +111,19 @@ def plan(
     """(workdir, command) for every run, pretraining first, in the order they run."""
     data = [f"--config.data.root={data_root}"] if data_root else []
     runs = []
+    random_init = pretrain_config == RANDOM_INIT
     for seed in seeds:
-        pre_dir = os.path.join(sweep_dir, "pretrain", f"seed_{seed}")
-        if any(m in NEEDS_PRETRAINING for m in methods):
+        pre_dir = (
+            RANDOM_INIT if random_init else os.path.join(sweep_dir, "pretrain", f"seed_{seed}")
+        )
+        wants_pretraining = any(m in NEEDS_PRETRAINING or m == PRETRAIN_ONLY for m in methods)
+        if wants_pretraining and not random_init:
             cmd = [_config_arg(pretrain_config, variant), f"--config.seed={seed}", *data]
-            cmd += [f"--config.{o}" for o in pretrain_overrides]
+            cmd += [f"--config.{o}".replace("{seed}", seed) for o in pretrain_overrides]
             runs.append((pre_dir, cmd + [f"--workdir={pre_dir}"]))
         for method in methods:
+            if method == PRETRAIN_ONLY:
+                continue
             if method in UNSUPERVISED:
                 workdir = os.path.join(sweep_dir, method, "frac_0", f"seed_{seed}")
                 cmd = [_config_arg(config_file(method), variant, seed=seed), *data]

@@ -20,7 +20,7 @@ CONFIGS = sorted(
 
 VARIANTS = {
     "simclr_chest": [None, "local", "research"],
-    "dino_chest": [None, "local", "vit", "research"],
+    "dino_chest": [None, "local", "vit", "research", "s4mi", "local,s4mi"],
     "cass_chest": [None, "local", "reference", "research"],
 }
 

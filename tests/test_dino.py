@@ -186,3 +186,68 @@ def test_eight_devices_match_one_device_float64(backbone):
     assert jax.tree.leaves(one.params)[0].dtype == np.float64
     for part in ("params", "model_state", "opt_state"):  # model_state: teacher, centre, BN.
         assert max_abs_diff(getattr(one, part), getattr(eight, part)) < 1e-10, part
+
+
+def _mlp_bottleneck(head, x):
+    """The head's pre-normalisation bottleneck, written out (GELU between the MLP's Linears)."""
+    for i, layer in enumerate(head.mlp):
+        x = layer(x)
+        if i < len(head.mlp) - 1:
+            x = jax.nn.gelu(x, approximate=False)
+    return x
+
+
+def _signal_gain(head, feats) -> float:
+    """||per-image variation of the bottleneck|| / ||per-image variation of the input features||."""
+    b = np.asarray(_mlp_bottleneck(head, feats), np.float64)
+    f = np.asarray(feats, np.float64)
+    return float(np.linalg.norm(b - b.mean(0)) / np.linalg.norm(f - f.mean(0)))
+
+
+@pytest.fixture(scope="module")
+def chest_images():
+    from tests.test_real_data import SHARED
+    from s4mi_jax.data.sources import open_source
+
+    root = SHARED / "chest_xray_pneumonia"
+    if not root.is_dir():
+        pytest.skip(f"no shared datasets at {SHARED}")
+    source = open_source(str(root), verify=False)
+    idx = np.random.default_rng(0).choice(len(source), 48, replace=False)
+    return np.stack([source[int(i)]["image"] for i in idx]).astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("variant", ["local", None])
+def test_head_keeps_the_per_image_signal_at_init(chest_images, variant):
+    """The DINO head's signal gain at `:local` and default widths is at least a tenth of the official
+    head's (384 -> 2048 -> 2048 -> 256, official init): narrow heads at the official std 0.02 pass
+    ~5e-4 of it and collapse (the teacher goes uniform within a few hundred steps)."""
+    from s4mi_jax.models import build_encoder
+    from s4mi_jax.models.dino import DinoHead
+
+    def features(model_cfg, size):
+        x = jax.image.resize(
+            jnp.asarray(chest_images), (len(chest_images), size, size, 1), "linear"
+        )
+        encoder = build_encoder(model_cfg, 1, nnx.Rngs(0))
+        encoder.eval()
+        return encoder(x)
+
+    config = dino_chest.get_config(variant)
+    feats = features(config.model, config.aug.image_size)
+    ours = DinoHead(
+        feats.shape[-1],
+        config.model.head_out_dim,
+        hidden_dim=config.model.head_hidden_dim,
+        bottleneck_dim=config.model.head_bottleneck_dim,
+        rngs=nnx.Rngs(1),
+    )
+    vit_s = override(dino_chest.get_config("local"), **{"model.name": "vit_small"})
+    official_feats = features(vit_s.model, 32)  # ViT-S features (384-d) of the same images.
+    official = DinoHead(384, 65536, hidden_dim=2048, bottleneck_dim=256, rngs=nnx.Rngs(1))
+    # The official head at the official widths keeps its official init (std 0.02 everywhere).
+    for layer in official.mlp:
+        np.testing.assert_allclose(float(jnp.std(layer.kernel[...])), 0.02, rtol=0.05)
+    gain, official_gain = _signal_gain(ours, feats), _signal_gain(official, official_feats)
+    assert 0.03 < official_gain < 0.2, official_gain
+    assert gain >= official_gain / 10, (gain, official_gain)

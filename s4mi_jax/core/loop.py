@@ -24,7 +24,7 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from s4mi_jax.core import sharding
+from s4mi_jax.core import collapse, sharding
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.metric_writer import MetricWriter
 from s4mi_jax.errors import S4MIError
@@ -88,11 +88,13 @@ def train_loop(
     schedule: Callable[[int], Any] | None = None,
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     meta: dict | None = None,
+    collapse_advice: str = "",
 ) -> tuple[Any, bool]:
     """Runs `train_step` until `total_steps`. Returns (state, stopped_early).
 
     Cadence from `config`: `log_every`, `ckpt_every`, `eval_every` (if present), `halt_at_step`,
-    `nonfinite`. On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning
+    `nonfinite`, `collapse` (the alarm on the step's `collapse_*` monitors; `collapse_advice` says what
+    to change). On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning
     resumes. `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model
     selection); what it returns is written with the metrics. `meta` is stored with every checkpoint.
 
@@ -105,6 +107,12 @@ def train_loop(
     nonfinite_policy = config.nonfinite
     if nonfinite_policy not in ("stop", "skip"):
         raise S4MIError(f"config.nonfinite={nonfinite_policy!r}: expected 'stop' or 'skip'.")
+    alarm = collapse.Alarm(
+        config.get("collapse", "warn"),
+        int(config.get("collapse_after", 0.1) * total_steps),
+        collapse_advice,
+        log,
+    )
     step = int(state.step)
     collection = None
     acc = None
@@ -172,6 +180,7 @@ def train_loop(
                         reported = n_skipped
                 writer.write(step, values)
                 log(f"step {step}/{total_steps} | loss {loss:.4f}{speed}")
+                alarm(step, values, checkpointer)
 
             if eval_fn is not None and eval_every > 0 and itstime(step, eval_every, total_steps):
                 t_eval = time.perf_counter()

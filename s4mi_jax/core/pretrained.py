@@ -8,6 +8,9 @@ Reads the checkpoint without a target (plain arrays, no need to rebuild the pret
 copies every `encoder` parameter and BatchNorm statistic into the new state after checking its name and
 shape, so a checkpoint from a different architecture fails with the first mismatched parameter named.
 
+`config.init_from="random"` keeps the random initialisation (seeded by `config.seed`): a linear probe of
+it is the baseline every pretraining must beat, probed exactly as the pretrained encoders are.
+
 Which encoder of the checkpoint (`config.init_encoder`): SimCLR's `encoder`, DINO's `teacher/encoder`
 (or `student/encoder`), CASS's `cnn/encoder` or `vit/encoder`. Unset, the only candidate is taken (DINO:
 the teacher, as official DINO evaluates it); CASS has two, so it must be named.
@@ -27,12 +30,21 @@ from s4mi_jax.errors import ConfigError
 from s4mi_jax.models import weights
 
 
-def resolve(init_from: str) -> tuple[str, int]:
-    """A workdir (latest checkpoint), its `checkpoints/` folder, or one `checkpoints/<step>` folder."""
+RANDOM = "random"
+
+
+def resolve(init_from: str, key: str = "config.init_from") -> tuple[str, int]:
+    """A workdir (latest checkpoint), its `checkpoints/` folder, or one `checkpoints/<step>` folder;
+    `key` names the config key in errors."""
+    if init_from == RANDOM:
+        return RANDOM, 0
     path = os.path.abspath(init_from)
     if weights.is_weights_file(path):
         if not os.path.isfile(path):
-            raise ConfigError(f"config.init_from={init_from}: no such weights file.")
+            raise ConfigError(
+                f"{key}={init_from}: no such weights file (torchvision/timm ImageNet weights as "
+                ".safetensors: see the README's 'Pretrained weights in and out' for how to get them)."
+            )
         return path, 0
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
@@ -40,10 +52,10 @@ def resolve(init_from: str) -> tuple[str, int]:
     if base.isdigit() and os.path.isdir(path):
         return os.path.dirname(path), int(base)
     if not os.path.isdir(path):
-        raise ConfigError(f"config.init_from={init_from}: no such run folder or checkpoint.")
+        raise ConfigError(f"{key}={init_from}: no such run folder or checkpoint.")
     step = ocp.CheckpointManager(path).latest_step()
     if step is None:
-        raise ConfigError(f"config.init_from={init_from}: no checkpoint in {path}.")
+        raise ConfigError(f"{key}={init_from}: no checkpoint in {path}.")
     return path, step
 
 
@@ -97,12 +109,14 @@ def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
     """`target` with every leaf under `prefix` replaced by the matching array of `raw` (the source
     encoder's tree)."""
 
+    head = prefix.split("/")
+
     def leaf(path, x):
         keys = [_key(p) for p in path]
-        if keys[0] != prefix:
+        if keys[: len(head)] != head:
             return x
         node = raw
-        for k in keys[1:]:
+        for k in keys[len(head) :]:
             if not isinstance(node, dict) or k not in node:
                 raise ConfigError(
                     f"config.init_from={init_from}: parameter {'/'.join(keys[:-1])} is not in the "
@@ -135,7 +149,11 @@ def read_encoder(init_from: str, init_encoder: str | None = None) -> tuple[str, 
 def load_encoder(
     state: TrainState, init_from: str, init_encoder: str | None = None, prefix: str = "encoder"
 ) -> tuple[TrainState, str, int]:
-    """Returns (state with the pretrained encoder at `prefix`, the source path, the checkpoint step)."""
+    """Returns (state with the pretrained encoder at `prefix`, the source path, the checkpoint step).
+
+    `prefix` is the encoder's path in the state, "/"-separated for nested models ("cnn/encoder")."""
+    if init_from == RANDOM:
+        return state, RANDOM, 0
     if weights.is_weights_file(init_from):
         return _load_file(state, resolve(init_from)[0], prefix)
     name, step, source = read_encoder(init_from, init_encoder)
@@ -156,11 +174,12 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
 
 
 def _load_file(state: TrainState, path: str, prefix: str) -> tuple[TrainState, str, int]:
+    head = prefix.split("/")
     shapes = {}
     for tree in (state.params, state.model_state):
         for p, x in jax.tree_util.tree_leaves_with_path(tree):
-            if _key(p[0]) == prefix:
-                shapes[weights.path_name(p[1:])] = x.shape
+            if [_key(e) for e in p[: len(head)]] == head:
+                shapes[weights.path_name(p[len(head) :])] = x.shape
     source = _nest(weights.read_encoder(path, shapes))
     params = _copy_subtree(state.params, source, prefix, path)
     model_state = _copy_subtree(state.model_state, source, prefix, path)

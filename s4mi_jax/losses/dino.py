@@ -8,8 +8,12 @@ all devices, the official all-reduce). Everything here runs in at least float32.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+from s4mi_jax.core.collapse import distinct
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -30,8 +34,12 @@ def dino_loss(
     mean_b H(softmax((t_g - c) / τ_t), softmax(s_v / τ_s)); no gradient flows into the teacher.
 
     Monitors (collapse diagnostics, DINO §5.3): `teacher_entropy` (→ 0: one dimension dominates; → log K:
-    uniform collapse), `kl_teacher_student` (→ 0 when both collapse), `kl_to_center` (teacher vs the
-    sharpened centre: → 0 when the teacher just outputs its centre, i.e. ignores the image).
+    uniform collapse), `kl_teacher_student` (→ 0 when both collapse), `kl_to_center`: mean over images of
+    KL(t_b || t̄), t̄ the batch's mean teacher distribution (where the centre-subtracted teacher sits
+    on average), i.e. how much the teacher's output says about the image: → 0 when the teacher ignores
+    the image, whether it outputs its centre (uniform) or one constant (one prototype). Also the collapse
+    alarm's `collapse_entropy_ratio` (teacher_entropy / log K) and `collapse_prototypes` (distinct argmax
+    prototypes of the teacher over the batch).
     """
     g_crops = teacher.shape[0]
     t = jax.lax.stop_gradient(jax.nn.softmax((_f32(teacher) - _f32(center)) / teacher_temp, -1))
@@ -46,12 +54,15 @@ def dino_loss(
     kl_ts = jnp.sum(jnp.where(pair, ce, 0.0) - jnp.mean(entropy, -1)[:, None] * pair) / jnp.sum(
         pair
     )
-    log_c = jax.nn.log_softmax(jnp.broadcast_to(_f32(center), t.shape[-1:]) / teacher_temp)
-    kl_c = jnp.mean(jnp.sum(t * (log_t - log_c), -1))
+    t_mean = jnp.mean(t, axis=(0, 1))
+    kl_c = jnp.mean(jnp.sum(t * (log_t - jnp.log(jnp.maximum(t_mean, 1e-30))), -1))
+    num_k = t.shape[-1]
     return loss, {
         "teacher_entropy": jnp.mean(entropy),
         "kl_teacher_student": kl_ts,
         "kl_to_center": kl_c,
+        "collapse_entropy_ratio": jnp.mean(entropy) / math.log(num_k),
+        "collapse_prototypes": distinct(jnp.argmax(t, -1)).astype(jnp.float32),
     }
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from s4mi_jax.errors import ConfigError
 from s4mi_jax.losses.contrastive import l2_normalize
 from s4mi_jax.models.dtypes import at_least_float32, param_dtype_for, parse_dtype
 from s4mi_jax.models.heads import EncoderWithHead
@@ -33,8 +34,18 @@ OFFICIAL_STD = 0.02
 OFFICIAL_FAN_IN = (384, 2048)  # (first layer, later layers)
 
 
-def mlp_init_std(layer: int, fan_in: int) -> float:
-    """0.02 at the official widths (and wider); 0.02·sqrt(n_official / fan_in) below them."""
+HEAD_INITS = ("fan_in", "fixed")
+
+
+def mlp_init_std(layer: int, fan_in: int, head_init: str = "fan_in") -> float:
+    """`fan_in`: 0.02 at the official widths (and wider), 0.02·sqrt(n_official / fan_in) below them.
+    `fixed`: 0.02 at every width (the official value; collapses narrow heads, kept for ablations)."""
+    if head_init not in HEAD_INITS:
+        raise ConfigError(
+            f"config.model.head_init={head_init!r}: expected one of {', '.join(HEAD_INITS)}."
+        )
+    if head_init == "fixed":
+        return OFFICIAL_STD
     ref = OFFICIAL_FAN_IN[0] if layer == 0 else OFFICIAL_FAN_IN[1]
     return OFFICIAL_STD * math.sqrt(max(1.0, ref / fan_in))
 
@@ -81,6 +92,7 @@ class DinoHead(nnx.Module):
         bottleneck_dim: int = 256,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        head_init: str = "fan_in",
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
@@ -91,7 +103,7 @@ class DinoHead(nnx.Module):
                 nnx.Linear(
                     a,
                     b,
-                    kernel_init=nnx.initializers.normal(stddev=mlp_init_std(i, a)),
+                    kernel_init=nnx.initializers.normal(stddev=mlp_init_std(i, a, head_init)),
                     dtype=dtype,
                     param_dtype=param_dtype,
                     rngs=rngs,
@@ -111,8 +123,12 @@ class DinoHead(nnx.Module):
                 x = nnx.gelu(x, approximate=False)
         return x
 
+    def logits(self, bottleneck: jax.Array) -> jax.Array:
+        """Prototype scores of a bottleneck: L2-normalise, then the weight-normalised last layer."""
+        return self.last_layer(l2_normalize(bottleneck))
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.last_layer(l2_normalize(self.bottleneck(x)))
+        return self.logits(self.bottleneck(x))
 
 
 class DinoModel(nnx.Module):
@@ -140,6 +156,7 @@ def build_dino_model(model_cfg: Any, in_channels: int, rngs: nnx.Rngs) -> DinoMo
             bottleneck_dim=int(model_cfg.head_bottleneck_dim),
             num_layers=int(model_cfg.get("head_layers", 3)),
             norm_last_layer=bool(model_cfg.get("norm_last_layer", True)),
+            head_init=str(model_cfg.get("head_init", "fan_in")),
             dtype=dtype,
             param_dtype=param_dtype_for(dtype),
             rngs=rngs,

@@ -4,6 +4,9 @@ The same augmented image goes through both networks; the loss is `2 - 2 cos` bet
 gradients into both and no stop-gradient, momentum encoder or negatives. One train state holds both
 networks; `optim.per_branch` gives each its own optimizer state, as the reference's two torch optimizers.
 
+Both networks start pretrained (`config.model.{cnn,vit}.init_from`), as the original always does (timm
+ImageNet weights): the loss has no negatives, predictor or stop-gradient, so "both output one constant" is
+an exact minimum, and from random initialisation the two networks reach it (the collapse alarm fires).
 Defaults are the method as described (gradients fresh every step, SSL on every training image, labeled or
 not, never on validation/test patients). `configs/cass_chest.py:reference` reproduces the released
 notebook's settings, including its missing `zero_grad()` (`optim.never_zero_grad`); its other quirk,
@@ -15,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import optim, train_state
+from s4mi_jax.core import collapse, optim, train_state
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses.contrastive import cosine_regression, embedding_std
@@ -44,6 +48,10 @@ def make_train_step(
             aux.update(
                 embedding_std_cnn=embedding_std(z_cnn), embedding_std_vit=embedding_std(z_vit)
             )
+            # The alarm reads the more collapsed branch: `2 - 2 cos` is minimal when both agree on
+            # one constant, so the branch cosine alone cannot tell learning from collapse.
+            cnn, vit = collapse.embedding_monitors(z_cnn), collapse.embedding_monitors(z_vit)
+            aux.update({k: jnp.minimum(cnn[k], vit[k]) for k in cnn})
             return loss, (train_state.split_model(model)[2], aux)
 
         (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -67,6 +75,20 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         batch_shapes=lambda c: {"image": (config.aug.image_size, config.aug.image_size, c)},
         probes={b: (lambda m, b=b: getattr(m, b).encoder) for b in BRANCHES},
         wrap_tx=lambda tx: optim.per_branch(tx, BRANCHES),
+        init_from={
+            f"{b}/encoder": (
+                f"config.model.{b}.init_from",
+                config.model[b].init_from,
+                config.model[b].get("init_encoder") or None,
+            )
+            for b in BRANCHES
+            if config.model[b].get("init_from")
+        },
+        collapse_advice=(
+            "CASS has no negatives, predictor or stop-gradient, so both networks agreeing on a "
+            "constant is a minimum of its loss: start both from pretrained weights "
+            "(config.model.cnn.init_from / config.model.vit.init_from), as the original does."
+        ),
     )
 
 

@@ -20,10 +20,11 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import train_state
+from s4mi_jax.core import collapse, train_state
 from s4mi_jax.core.ema import ema_update
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment
+from s4mi_jax.errors import ConfigError
 from s4mi_jax.losses import dino as dino_losses
 from s4mi_jax.losses.contrastive import embedding_std
 from s4mi_jax.models.dino import TRAINABLE, build_dino_model
@@ -52,6 +53,12 @@ def make_train_step(
     lc = config.loss
     temp_warmup = int(round(lc.teacher_temp_warmup_epochs * steps_per_epoch))
     freeze_steps = int(round(config.optim.freeze_last_layer_epochs * steps_per_epoch))
+    momentum_schedule = lc.get("teacher_momentum_schedule", "cosine")
+    if momentum_schedule not in ("cosine", "constant"):
+        raise ConfigError(
+            f"config.loss.teacher_momentum_schedule={momentum_schedule!r}: expected 'cosine' "
+            "(official DINO) or 'constant' (lucidrains' Dino, S4MI)."
+        )
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         n_global = batch["global"].shape[1]
@@ -68,14 +75,16 @@ def make_train_step(
             # The teacher's weights are not in `params`: no gradient can reach them.
             _, t_out = model.teacher(xg)
             t_out = _crops_first(jax.lax.stop_gradient(t_out), n_global)
-            feats, s_out = model.student(xg, rng_g)
-            s_out = [_crops_first(s_out, n_global)]
+            feats = model.student.encoder(xg, rng_g)
+            bottleneck = model.student.head.bottleneck(feats)  # What the collapse alarm reads.
+            s_out = [_crops_first(model.student.head.logits(bottleneck), n_global)]
             if xl is not None:
                 s_out.append(_crops_first(model.student(xl, rng_l)[1], batch["local"].shape[1]))
             loss, aux = dino_losses.dino_loss(
                 jnp.concatenate(s_out), t_out, model.center[...], lc.student_temp, teacher_temp
             )
-            aux["embedding_std"] = embedding_std(feats)
+            aux["embedding_std"] = embedding_std(feats)  # The encoder's features.
+            aux.update(collapse.embedding_monitors(bottleneck))
             return loss, (train_state.split_model(model, TRAINABLE)[2], t_out, aux)
 
         (loss, (model_state, t_out, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -95,7 +104,11 @@ def make_train_step(
 
         # After the student's update: teacher ← m·teacher + (1-m)·student; centre ← EMA of t_out.
         model = nnx.merge(graphdef, params, model_state)
-        momentum = dino_losses.teacher_momentum(state.step, lc.teacher_momentum, total_steps)
+        momentum = (
+            jnp.asarray(lc.teacher_momentum, jnp.float32)
+            if momentum_schedule == "constant"
+            else dino_losses.teacher_momentum(state.step, lc.teacher_momentum, total_steps)
+        )
         nnx.update(
             model.teacher,
             ema_update(
@@ -149,6 +162,11 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
         },
         probes={"": lambda m: m.teacher.encoder, "student": lambda m: m.student.encoder},
         trainable=TRAINABLE,
+        collapse_advice=(
+            "DINO: check the head (a narrow head needs the fan-in-aware init of models/dino.py), "
+            "lower config.loss.teacher_temp or raise config.loss.center_momentum, and follow the "
+            "backbone's official recipe (configs/dino_chest.py)."
+        ),
     )
 
 

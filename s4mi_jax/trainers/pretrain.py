@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from s4mi_jax import provenance
-from s4mi_jax.core import sharding, train_state
+from s4mi_jax.core import pretrained, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
@@ -57,6 +57,11 @@ class Method:
     wrap_tx: Callable[[optax.GradientTransformation], optax.GradientTransformation] = lambda tx: tx
     # config.aug.on_device: (rng, uint8 source images) -> the views `make_step` reads, made in the step.
     device_views: device_augment.ViewFn | None = None
+    # What to change when the collapse alarm fires (core/collapse.py), in one sentence.
+    collapse_advice: str = ""
+    # Pretrained starts: encoder path in the state ("cnn/encoder") -> (config key, init_from,
+    # init_encoder), loaded at step 0 (core/pretrained.py); e.g. CASS's two networks.
+    init_from: dict[str, tuple[str, str, str | None]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +206,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
             f"{len(source)} training images in {source.root} is fewer than "
             f"config.batch_size={config.batch_size}."
         )
+    for key, init_from, _ in method.init_from.values():
+        pretrained.resolve(init_from, key)  # Fails now, before anything is written.
     p = prepare(config, mesh, method, source.channels, len(source))
     graphdef, init, abstract_state = p.graphdef, p.init, p.abstract_state
     schedule, total_steps, steps_per_epoch = p.schedule, p.total_steps, p.steps_per_epoch
@@ -221,6 +228,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
                 results.update(json.load(f))
     else:
         state = init()
+        starts = {}
+        for prefix, (_, init_from, init_encoder) in method.init_from.items():
+            state, name, step = pretrained.load_encoder(state, init_from, init_encoder, prefix)
+            starts[prefix] = {"init_from": init_from, "encoder": name, "step": step}
+            log(f"{prefix} initialised from {init_from}: {name} (step {step})")
+        if starts:
+            write_json(os.path.join(workdir, "init_from.json"), starts)
         if probing and config.eval.probe_at_init:
             # The random-init encoder: the baseline pretraining must beat.
             results.update(
@@ -248,6 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
         total_steps=total_steps,
         images_per_step=method.views_per_image * config.batch_size,
         schedule=schedule,
+        collapse_advice=method.collapse_advice,
     )
     checkpointer.close()
     if preempted:

@@ -14,7 +14,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import train_state
+from s4mi_jax.core import collapse, train_state
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses.contrastive import embedding_std, nt_xent
@@ -38,6 +38,7 @@ def make_train_step(
             z1, z2 = jnp.split(z, 2, axis=0)
             loss, aux = nt_xent(z1, z2, temperature)
             aux["embedding_std"] = embedding_std(z)
+            aux.update(collapse.embedding_monitors(z))
             return loss, (train_state.split_model(model)[2], aux)
 
         (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -61,6 +62,10 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
             "view2": (config.aug.image_size, config.aug.image_size, c),
         },
         probes={"": lambda m: m.encoder},
+        collapse_advice=(
+            "SimCLR needs negatives: raise config.batch_size or config.loss.temperature, or check "
+            "that the two views differ (config.aug)."
+        ),
     )
 
 
