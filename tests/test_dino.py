@@ -206,8 +206,8 @@ def _signal_gain(head, feats) -> float:
 
 @pytest.fixture(scope="module")
 def chest_images():
-    from tests.test_real_data import SHARED
     from s4mi_jax.data.sources import open_source
+    from tests.test_real_data import SHARED
 
     root = SHARED / "chest_xray_pneumonia"
     if not root.is_dir():

@@ -29,7 +29,6 @@ from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.errors import ConfigError
 from s4mi_jax.models import weights
 
-
 RANDOM = "random"
 
 
