@@ -4,10 +4,10 @@ CASS starts both networks pretrained, as the original always does (timm ImageNet
 initialisation its loss (`2 - 2 cos` between the two networks, no negatives) is minimised by both
 outputting one constant, and they do (the collapse alarm says so). Without downloads, the default starts
 from this project's own self-supervised runs of the same data (no labels used): the CNN from SimCLR,
-the ViT from DINO. So, on a fresh clone:
+the ViT from SimCLR too (DINO does not hold at these widths: docs/methods.md). So, on a fresh clone:
 
     python -m s4mi_jax.main --config=configs/simclr_chest.py          # -> runs/simclr_chest (the CNN)
-    python -m s4mi_jax.main --config=configs/dino_chest.py:vit        # -> runs/dino_chest_vit (the ViT)
+    python -m s4mi_jax.main --config=configs/simclr_chest.py:vit      # -> runs/simclr_chest_vit (the ViT)
     python -m s4mi_jax.main --config=configs/cass_chest.py            # embedded sample, CPU, minutes
     python -m s4mi_jax.main --config=configs/cass_chest.py:local      # tiny smoke run (tests, CI; random start)
     python -m s4mi_jax.main --config=configs/cass_chest.py:reference  # the released notebook's recipe
@@ -57,9 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.model.cnn.image_size = config.aug.get_ref("image_size")
     config.model.vit.image_size = config.aug.get_ref("image_size")
-    # Pretrained starts (see the docstring): the default commands' workdirs of SimCLR and DINO:vit.
+    # Pretrained starts (see the docstring): the default commands' workdirs of SimCLR and SimCLR:vit.
     config.model.cnn.update(init_from="runs/simclr_chest", init_encoder="encoder")
-    config.model.vit.update(init_from="runs/dino_chest_vit", init_encoder="teacher/encoder")
+    config.model.vit.update(init_from="runs/simclr_chest_vit", init_encoder="encoder")
     config.optim = common.optim_config("adam", 1e-3, warmup_epochs=5.0, min_lr=1e-6)
     config.batch_size = 64
     config.total_epochs = 100.0

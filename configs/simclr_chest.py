@@ -1,6 +1,7 @@
 """SimCLR pretraining on chest X-rays, then a linear probe of the frozen encoder.
 
     python -m s4mi_jax.main --config=configs/simclr_chest.py            # embedded sample, CPU, minutes
+    python -m s4mi_jax.main --config=configs/simclr_chest.py:vit        # the same with CASS's small ViT
     python -m s4mi_jax.main --config=configs/simclr_chest.py:local      # tiny smoke run (tests, CI)
     python -m s4mi_jax.main --config=configs/simclr_chest.py:research \\
         --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X  # ResNet-50, paper settings
@@ -8,6 +9,9 @@
 Default: the embedded 320-image sample (CC BY 4.0, see s4mi_jax/data/sample/chest_xray/ATTRIBUTION.md), a
 narrow ResNet-18 at 64x64, 200 epochs (600 steps, ~4 min on 2 CPU cores). `research`: ResNet-50, 224x224, batch 4096, LARS lr 0.3·B/256,
 wd 1e-6, τ 0.1, 100 epochs with 10 warm-up epochs, bf16 compute (SimCLR paper, methods.md §6.1).
+`vit`: the 6-block ViT of configs/cass_chest.py (patch 8, width 192; `:local,vit` its `:local` size), so
+its run can start CASS's ViT; SimCLR's paper trains no ViT, so the optimizer is MoCo v3's ViT recipe
+(Chen et al. 2021, contrastive ViT training): AdamW 1.5e-4·B/256, weight decay 0.1.
 """
 
 import ml_collections
@@ -16,7 +20,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, local=False, research=False)
+    arg = common.parse_arg(arg, local=False, research=False, vit=False)
     config = common.run_config()
     config.trainer = "simclr"
 
@@ -52,6 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.ckpt_every = 3
         config.eval.batch_size = 32
         config.eval.probe_at_init = False
+    if arg.vit:
+        config.model.update(name="vit", patch_size=8, embed_dim=192, depth=6, num_heads=3)
+        config.model.drop_path = 0.1
+        config.optim.update(name="adamw", base_lr=1.5e-4, lr_scaling="linear", weight_decay=0.1)
+        if arg.local:  # = configs/cass_chest.py:local's ViT.
+            config.model.update(embed_dim=32, depth=2, num_heads=2)
     if arg.research:
         config.model.update(
             name="resnet50", width=64, dtype="bfloat16", proj_hidden_dim=2048, proj_out_dim=128

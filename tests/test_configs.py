@@ -19,7 +19,7 @@ CONFIGS = sorted(
 
 
 VARIANTS = {
-    "simclr_chest": [None, "local", "research"],
+    "simclr_chest": [None, "local", "research", "vit", "local,vit"],
     "dino_chest": [None, "local", "vit", "research", "s4mi", "local,s4mi"],
     "cass_chest": [None, "local", "reference", "research"],
 }
