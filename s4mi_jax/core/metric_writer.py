@@ -104,6 +104,8 @@ RESUMABLE_CHANGES = (
     "keep_ckpts",
     "nonfinite",
     "allow_config_change",
+    "allow_data_change",
+    "data.accept_label_warnings",
     "data.num_workers",
     "data.verify",
     "eval.batch_size",
@@ -124,6 +126,21 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def read_config_json(path: str) -> dict:
+    """A run's `config.json`; a damaged one is named (not a JSONDecodeError traceback)."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise S4MIError(
+            f"cannot read {path}: {e}. The run's config record is damaged; restore it from a backup, "
+            "or move it away and rerun with the same config (checkpoints are kept)."
+        ) from None
+    if not isinstance(config, dict):
+        raise S4MIError(f"{path} does not hold a config (a JSON object); restore or move it away.")
+    return config
+
+
 def prepare_workdir(workdir: str, config) -> None:
     """Creates the run folder and records the config; called only after the inputs were validated.
 
@@ -135,13 +152,15 @@ def prepare_workdir(workdir: str, config) -> None:
     path = os.path.join(workdir, "config.json")
     new = json.loads(json.dumps(config.to_dict(), default=str))
     if os.path.exists(path) and not config.get("allow_config_change", False):
-        with open(path) as f:
-            old = _flatten(json.load(f))
+        old = _flatten(read_config_json(path))
         flat = _flatten(new)
         changed = sorted(
             k
             for k in set(old) | set(flat)
-            if old.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES
+            if old.get(k) != flat.get(k)
+            and k not in RESUMABLE_CHANGES
+            # A key added to the configs after the run started, at its neutral default.
+            and not (k not in old and flat.get(k) in (None, False))
         )
         if changed:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed[:5])

@@ -32,12 +32,13 @@ from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment, device_augment, manifests, pipeline
+from s4mi_jax.data import augment, device_augment, manifests, pipeline, validate
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
+    notes_of,
+    open_eval_from_config,
     open_from_config,
-    open_source,
     source_keys,
 )
 from s4mi_jax.errors import ConfigError, DataError
@@ -145,10 +146,15 @@ def load_splits(config: ml_collections.ConfigDict):
         val_fraction=config.data.val_fraction,
         test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
     )
+    for note in notes_of(source) + validate.check_splits(
+        manifest,
+        source.class_names,
+        config.label_fraction,
+        bool(config.data.get("accept_label_warnings", False)),
+    ):
+        log(note)
     if config.data.eval_root:
-        test_source = open_source(
-            config.data.eval_root, channels=source.channels, verify=config.data.verify
-        )
+        test_source = open_eval_from_config(config.data, source)
         test = SubsetSource(test_source, np.flatnonzero(is_labeled(test_source.labels)))
     else:
         test = SubsetSource(source, manifest.test)

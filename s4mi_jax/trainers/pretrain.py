@@ -25,12 +25,13 @@ from s4mi_jax.core import sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
-from s4mi_jax.data import device_augment, manifests, pipeline
+from s4mi_jax.data import device_augment, manifests, pipeline, validate
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
+    notes_of,
+    open_eval_from_config,
     open_from_config,
-    open_source,
     source_keys,
 )
 from s4mi_jax.errors import ConfigError, DataError
@@ -123,6 +124,8 @@ def load_data_and_manifest(config: ml_collections.ConfigDict):
     source = open_from_config(config.data)
     labeled = is_labeled(source.labels)
     if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
+        for note in notes_of(source):
+            log(note)
         return source, None, None, None
     manifest = manifests.make_manifest(
         source_keys(source),
@@ -134,11 +137,16 @@ def load_data_and_manifest(config: ml_collections.ConfigDict):
         val_fraction=config.data.val_fraction,
         test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
     )
+    for note in notes_of(source) + validate.check_splits(
+        manifest,
+        source.class_names,
+        1.0,
+        bool(config.data.get("accept_label_warnings", False)),
+    ):
+        log(note)
     pretrain = SubsetSource(source, np.union1d(manifest.train_pool, manifest.unlabeled))
     if config.data.eval_root:
-        test = open_source(
-            config.data.eval_root, channels=source.channels, verify=config.data.verify
-        )
+        test = open_eval_from_config(config.data, source)
         test_labeled = np.flatnonzero(is_labeled(test.labels))
         if len(test_labeled) == 0:
             raise DataError(
