@@ -321,6 +321,7 @@ def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigD
         split_seed=0,
         val_fraction=0.1,
         test_fraction=0.2,
+        **label_options(),
     )
     config.aug = dict(
         image_size=64,

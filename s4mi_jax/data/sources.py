@@ -473,6 +473,7 @@ def open_from_config(data) -> object:
         class_names=validate.class_names_of(data),
         accept_label_warnings=accept,
     )
+    validate.check_no_empty_class(source, explicit=validate.class_names_of(data) is not None)
     validate.check_patients_per_class(source, accept)
     return source
 

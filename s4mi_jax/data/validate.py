@@ -204,15 +204,9 @@ def parse_labels(
             f"{raw[j]!r}); use one kind, or list the classes in config.data.class_names."
         )
     counts = Counter(raw)
-    if all(digits):
-        present = sorted({int(v) for v in raw})
-        gaps = sorted(set(range(present[-1] + 1)) - set(present)) if present else []
-        if gaps:
-            raise DataError(
-                f"{path}: class ids {present} skip {gaps[:8]} (a class with no image); renumber the "
-                "ids 0..K-1, or name every class in config.data.class_names."
-            )
-        return [str(c) for c in range(len(present))], np.asarray([int(v) for v in raw], np.int32)
+    if all(digits):  # Ids 0..max; a gap is refused where ids are classes (check_no_empty_class).
+        ids = np.asarray([int(v) for v in raw], np.int32)
+        return [str(c) for c in range(int(ids.max()) + 1)], ids
     names = sorted(counts)
     if not accept:
         for a_i, a in enumerate(names):
@@ -277,6 +271,22 @@ def check_class_ids(path: Path, labels: np.ndarray, class_names: Sequence[str] |
             "the ids 0..K-1, or name every class in config.data.class_names."
         )
     return [str(c) for c in present]
+
+
+def check_no_empty_class(source, explicit: bool) -> None:
+    """Integer ids with a gap (0, 2 but no 1) make a class without images (a classifier output that
+    can never be right): refused unless the classes were named on purpose (`config.data.class_names`)."""
+    labels = np.asarray(source.labels)
+    if explicit or labels.ndim != 1 or not all(str(c).isdigit() for c in source.class_names):
+        return
+    present = sorted({int(v) for v in labels if v >= 0})
+    gaps = sorted(set(range(len(source.class_names))) - set(present))
+    if gaps:
+        where = source.root / "labels.csv" if Path(source.root).is_dir() else source.root
+        raise DataError(
+            f"{where}: class ids {present[:12]} skip {gaps[:8]} (a class with no image); renumber "
+            "the ids 0..K-1, or name every class in config.data.class_names."
+        )
 
 
 def patient_column(path: Path, columns: Sequence[str]) -> str | None:

@@ -32,13 +32,11 @@ from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment, device_augment, manifests, pipeline, validate
+from s4mi_jax.data import augment, device_augment, manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
-    notes_of,
     open_eval_from_config,
-    open_from_config,
     source_keys,
 )
 from s4mi_jax.errors import ConfigError, DataError
@@ -132,26 +130,12 @@ def model_setup(
 
 def load_splits(config: ml_collections.ConfigDict):
     """(source, manifest, train/val/test sources); validates the data before anything is written."""
-    source = open_from_config(config.data)
-    labeled = is_labeled(source.labels)
-    if not labeled.any():
-        raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
-    manifest = manifests.make_manifest(
-        source_keys(source),
-        source.labels,
-        source.groups,
-        fraction=config.label_fraction,
-        seed=config.seed,
-        split_seed=config.data.split_seed,
-        val_fraction=config.data.val_fraction,
-        test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
+    source, manifest, notes = manifests.open_and_split(
+        config.data, fraction=config.label_fraction, seed=config.seed
     )
-    for note in notes_of(source) + validate.check_splits(
-        manifest,
-        source.class_names,
-        config.label_fraction,
-        bool(config.data.get("accept_label_warnings", False)),
-    ):
+    if manifest is None:
+        raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
+    for note in notes:
         log(note)
     if config.data.eval_root:
         test_source = open_eval_from_config(config.data, source)

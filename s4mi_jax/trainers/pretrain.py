@@ -25,14 +25,11 @@ from s4mi_jax.core import sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
-from s4mi_jax.data import device_augment, manifests, pipeline, validate
+from s4mi_jax.data import device_augment, manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
-    notes_of,
     open_eval_from_config,
-    open_from_config,
-    source_keys,
 )
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features
@@ -121,29 +118,11 @@ def load_data_and_manifest(config: ml_collections.ConfigDict):
     `test_fraction`), so pretraining never sees a validation or test patient of the label-fraction
     experiments that start from it; the probe trains on the training pool and tests on the test split.
     """
-    source = open_from_config(config.data)
-    labeled = is_labeled(source.labels)
-    if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
-        for note in notes_of(source):
-            log(note)
-        return source, None, None, None
-    manifest = manifests.make_manifest(
-        source_keys(source),
-        source.labels,
-        source.groups,
-        fraction=1.0,
-        seed=config.seed,
-        split_seed=config.data.split_seed,
-        val_fraction=config.data.val_fraction,
-        test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
-    )
-    for note in notes_of(source) + validate.check_splits(
-        manifest,
-        source.class_names,
-        1.0,
-        bool(config.data.get("accept_label_warnings", False)),
-    ):
+    source, manifest, notes = manifests.open_and_split(config.data, fraction=1.0, seed=config.seed)
+    for note in notes:
         log(note)
+    if manifest is None:  # Unlabeled data: pretraining only, nothing to probe.
+        return source, None, None, None
     pretrain = SubsetSource(source, np.union1d(manifest.train_pool, manifest.unlabeled))
     if config.data.eval_root:
         test = open_eval_from_config(config.data, source)
