@@ -224,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_count=jax.process_count(),
     )
 
-    prepare_workdir(workdir, config)
+    eval_src = test_src if config.data.eval_root else None
+    prepare_workdir(workdir, config, data={"dataset": source, "eval_dataset": eval_src})
     manifest.save(os.path.join(workdir, "manifest.json"))
     checkpointer = Checkpointer.for_run(workdir, config)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
@@ -241,6 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_path = os.path.join(workdir, "init_from.json")
     if resume_step is not None:
         state = checkpointer.restore(abstract_state, data_iter)
+        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
         log(f"resumed from step {resume_step} in {checkpointer.directory}")
     else:
         state = init()

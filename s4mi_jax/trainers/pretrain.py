@@ -194,7 +194,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     step_fn = train_state.jit_step(p.step, train_state.shardings_of(abstract_state), mesh)
     data_iter = train_iterator(config, source, p.transform, local_batch)
 
-    prepare_workdir(workdir, config)
+    eval_src = probe_test if config.data.eval_root else None
+    prepare_workdir(workdir, config, data={"dataset": source, "eval_dataset": eval_src})
     checkpointer = Checkpointer.for_run(workdir, config)
     resume_step = checkpointer.latest_step()
     results = {}
@@ -202,6 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     probing = config.eval.linear_probe and probe_train is not None
     if resume_step is not None:
         state = checkpointer.restore(abstract_state, data_iter)
+        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
         log(f"resumed from step {resume_step} in {checkpointer.directory}")
         if os.path.exists(init_path):
             with open(init_path) as f:
