@@ -257,6 +257,8 @@ def inspect(
     """
     root = Path(data_dir)
     report = Report(str(root))
+    if str(root).endswith(".npz") and root.is_file():
+        return _inspect_npz(data_dir, report, class_names, accept_label_warnings)
     if str(root).endswith(".csv") and root.is_file():
         entries, labels, patients = _entries_from_csv(root, report)
     elif root.is_dir():
@@ -356,6 +358,38 @@ def inspect(
     return report
 
 
+def _inspect_npz(data_dir: str, report: Report, class_names, accept: bool) -> Report:
+    """A `.npz` is one file: the trainer's checks are the whole inspection."""
+    from s4mi_jax.data.sources import NpzSource
+
+    try:
+        training_verdict(
+            data_config(data_dir, masks=False, class_names=class_names, accept=accept), False
+        )
+        source = NpzSource(
+            data_dir, class_names=validate.class_names_of({"class_names": class_names})
+        )
+    except S4MIError as e:
+        report.add("refused", ERROR, str(e))
+        return report
+    images, labels = source.images, source.labels
+    labeled = labels[labels >= 0]
+    report.summary = {
+        "images": len(images),
+        "readable": len(images),
+        "labeled": len(labeled),
+        "unlabeled": len(images) - len(labeled),
+        "classes": dict(collections.Counter(source.class_names[i] for i in labeled.tolist())),
+        "sizes": {(images.shape[2], images.shape[1]): len(images)},
+        "channels": {images.shape[-1]: len(images)},
+        "masks": 0,
+        "empty_masks": 0,
+        "mask_values": [],
+        "patients": None if source.groups is None else len(set(source.groups)),
+    }
+    return report
+
+
 def format_report(report: Report) -> str:
     s = report.summary
     lines = [f"dataset: {report.root}"]
@@ -383,17 +417,18 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Exit status 0: usable; 1: errors (the report on stdout lists them all, the first one is also
     the single line on stderr); 2: no dataset at that path."""
-    if len(argv) > 1 or not flags.FLAGS.data_dir:
+    f = flag_values
+    if len(argv) > 1 or not f.data_dir:
         raise app.UsageError("usage: python -m s4mi_jax.inspect_data --data_dir=DIR [--masks]")
     try:
         report = inspect(
-            flags.FLAGS.data_dir,
-            masks=flags.FLAGS.masks,
-            class_names=flags.FLAGS.class_names,
-            accept_label_warnings=flags.FLAGS.accept_label_warnings,
+            f.data_dir,
+            masks=f.masks,
+            class_names=f.class_names,
+            accept_label_warnings=f.accept_label_warnings,
         )
     except S4MIError as e:
         print(f"inspect_data: error: {e}", file=sys.stderr)
@@ -406,15 +441,22 @@ def main(argv: list[str]) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The inspector's flags (defined by `python -m s4mi_jax.inspect_data`, or by a test)."""
-    flags.DEFINE_string("data_dir", None, "Dataset folder or CSV of paths.")
-    flags.DEFINE_bool("masks", False, "A segmentation set: at least one mask is required.")
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Dataset folder or CSV of paths.", **fv)
+    flags.DEFINE_bool("masks", False, "A segmentation set: at least one mask is required.", **fv)
     flags.DEFINE_string(
-        "class_names", None, "As config.data.class_names: comma-separated class names in id order."
+        "class_names",
+        None,
+        "As config.data.class_names: comma-separated class names in id order.",
+        **fv,
     )
     flags.DEFINE_bool(
-        "accept_label_warnings", False, "As config.data.accept_label_warnings (see docs/data.md)."
+        "accept_label_warnings",
+        False,
+        "As config.data.accept_label_warnings (see docs/data.md).",
+        **fv,
     )
 
 

@@ -394,5 +394,7 @@ def open_and_split(data, *, fraction: float, seed: int):
         test_fraction=0.0 if data.get("eval_root") else data.test_fraction,
     )
     accept = bool(data.get("accept_label_warnings", False))
-    notes = notes_of(source) + validate.check_splits(manifest, source.class_names, fraction, accept)
+    notes = notes_of(source) + validate.check_splits(
+        manifest, source.class_names, fraction, accept, root=source.root
+    )
     return source, manifest, notes

@@ -83,7 +83,14 @@ def read_text(path: Path) -> str:
                 f"{path}: broken UTF-16 text ({e.reason}); save it as CSV UTF-8."
             ) from None
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
+        if "\x00" in text:  # Valid UTF-8 bytes, but ASCII saved as UTF-16 has a NUL every 2nd byte.
+            line = text[: text.index("\x00")].count("\n") + 1
+            raise DataError(
+                f"{path} line {line}: NUL bytes: it looks like UTF-16 without a byte-order mark. Save "
+                "it as 'CSV UTF-8' (or UTF-16 with a byte-order mark)."
+            )
+        return text
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         looks = (
@@ -346,7 +353,9 @@ def check_patients_per_class(source, accept: bool) -> None:
         )
 
 
-def check_splits(manifest, class_names: Sequence[str], fraction: float, accept: bool) -> list[str]:
+def check_splits(
+    manifest, class_names: Sequence[str], fraction: float, accept: bool, root: object = "data"
+) -> list[str]:
     """A class with labeled data missing from val or test is an error (its metric is undefined); in
     train, an error too except at label fractions <= 1%, where a rare class can legitimately have no
     patient in the subset (then a warning, returned). `accept` turns the errors into warnings."""
@@ -362,9 +371,15 @@ def check_splits(manifest, class_names: Sequence[str], fraction: float, accept: 
         lacking = sorted(c for c in all_classes if per_class.get(c, 0) == 0)
         if not lacking:
             continue
-        named = [class_names[int(c)] if int(c) < len(class_names) else c for c in lacking]
+
+        def name(c):
+            return class_names[int(c)] if int(c) < len(class_names) else c
+
+        named = [name(c) for c in lacking]
+        shown = {name(c): n for c, n in per_class.items()}
         message = (
-            f"the {split} split has no image of class(es) {named} (per class: {per_class}); "
+            f"{root}: the {split} split has no image of class(es) {named} (images per class: "
+            f"{shown}); "
             "add patients of those classes or change data.val_fraction/test_fraction/split_seed"
         )
         if split == "train" and fraction <= 0.01:
@@ -406,11 +421,11 @@ def open_image_checked(path: str | Path):
 # ---------------------------------------------------------------------------------------------------
 # Config values: checked before anything is written.
 
+# (log_every / ckpt_every / eval_every <= 0 are meaningful: only at the end.)
 _POSITIVE_INT = (
-    "batch_size", "unlabeled_batch_size", "eval.batch_size", "log_every", "ckpt_every",
-    "eval_every", "keep_ckpts", "aug.image_size", "aug.source_size", "model.image_size",
-    "model.width", "model.patch_size", "model.depth", "model.num_heads", "model.embed_dim",
-    "data.num_classes", "eval.bootstrap",
+    "batch_size", "unlabeled_batch_size", "eval.batch_size", "keep_ckpts", "aug.image_size",
+    "aug.source_size", "model.image_size", "model.width", "model.patch_size", "model.depth",
+    "model.num_heads", "model.embed_dim", "data.num_classes",
 )  # fmt: skip
 _POSITIVE = ("total_steps", "total_epochs", "halt_at_step", "optim.base_lr")
 _NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.split_seed")
