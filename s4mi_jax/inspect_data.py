@@ -319,7 +319,10 @@ def inspect(
     classes = collections.Counter(labels.values())
     if len(classes) == 1:
         report.add(
-            "single_class", WARNING, f"every labeled image is class {next(iter(classes))!r}."
+            "single_class",
+            WARNING,
+            f"every labeled image is class {next(iter(classes))!r}: classification refuses it "
+            "(pretraining and segmentation do not).",
         )
     if patients is not None:
         missing = [k for k, _, _ in entries if not patients.get(k)]

@@ -257,6 +257,8 @@ DATA_CASES = [
      r"metadata\.csv: column 'subject_id' looks like a patient id"),
     ("'Patient ID' column", with_file("metadata.csv", METADATA.format(col="Patient ID")), [],
      r"metadata\.csv: column 'Patient ID' looks like a patient id"),
+    ("one image, two patient ids", with_file("metadata.csv", METADATA.format(col="patient_id") + "im00.png,p99\n"), [],
+     r"metadata\.csv lines 2 and 14: 'im00\.png' has patient ids 'p00' and 'p99'; keep one row"),
     # Images.
     ("truncated PNG", with_file("images/im03.png", big_png), [],
      r"cannot read image .*images/im03\.png: .*Remove or replace the file"),
@@ -705,6 +707,25 @@ def test_16bit_images_of_either_byte_order_are_rescaled(tmp_path):
         assert image.shape == (8, 8, 1)
         want = np.round(array.astype(np.float32) / array.max() * 255).astype(np.uint8)
         np.testing.assert_array_equal(image[..., 0], want)
+
+
+def test_single_class_is_refused_for_classification_only(tmp_path):
+    """One class: nothing to classify (main refuses), but fine to pretrain on (the inspector, which
+    cannot know the trainer, warns `single_class`)."""
+    root = dataset(tmp_path / "data", labels=["0"] * N)
+    code, _, err = run_main([SUP, f"--config.data.root={root}", f"--workdir={tmp_path}/run"])
+    assert_one_line_error(code, err, r"data: every labeled image is class '0'; a classifier needs")
+    report = inspect_data.inspect(str(root))
+    assert report.ok and report.kinds() == {"single_class"}
+    assert "classification refuses" in report.findings[0].message
+
+
+def test_home_relative_data_root(tmp_path, monkeypatch):
+    dataset(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    from s4mi_jax.data.sources import open_source
+
+    assert len(open_source("~/data")) == N
 
 
 def test_accept_switch_lets_label_warnings_through(tmp_path):

@@ -383,6 +383,8 @@ def open_and_split(data, *, fraction: float, seed: int):
     source = open_from_config(data)
     if not is_labeled(source.labels).any():
         return source, None, notes_of(source)
+    accept = bool(data.get("accept_label_warnings", False))
+    validate.check_patients_per_class(source, accept)
     manifest = make_manifest(
         source_keys(source),
         source.labels,
@@ -393,7 +395,6 @@ def open_and_split(data, *, fraction: float, seed: int):
         val_fraction=data.val_fraction,
         test_fraction=0.0 if data.get("eval_root") else data.test_fraction,
     )
-    accept = bool(data.get("accept_label_warnings", False))
     notes = notes_of(source) + validate.check_splits(
         manifest, source.class_names, fraction, accept, root=source.root
     )

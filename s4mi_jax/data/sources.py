@@ -168,7 +168,7 @@ class FolderSource:
             table = validate.read_table(root / "metadata.csv", ["filename"])
             column = validate.patient_column(table.path, table.columns)
             if column is not None:
-                by_name = {os.path.basename(r["filename"]): r.get(column, "") for r in table.rows}
+                by_name = validate.patient_ids(table, column)
                 self.groups = validate.patients_for(names, by_name, table.path, self.notes)
         self.mask_files: list[Path | None] | None = None
         if (root / "masks").is_dir():  # Optional per image: unlabeled images need no fake masks.
@@ -432,8 +432,7 @@ def open_source(
 
     A folder whose images are NIfTI volumes (`images/*.nii.gz`) gives their 2-D slices.
     """
-    if root is None:
-        root = SAMPLE_ROOT
+    root = SAMPLE_ROOT if root is None else os.path.expanduser(str(root))
     labels = dict(class_names=class_names, accept_label_warnings=accept_label_warnings)
     if str(root).endswith(".npz"):
         return NpzSource(root, class_names=class_names)
@@ -474,7 +473,6 @@ def open_from_config(data) -> object:
         accept_label_warnings=accept,
     )
     validate.check_no_empty_class(source, explicit=validate.class_names_of(data) is not None)
-    validate.check_patients_per_class(source, accept)
     return source
 
 

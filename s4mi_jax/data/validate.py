@@ -42,7 +42,8 @@ PATIENT_LIKE = {
     "patientid", "patient", "patientnumber", "patientno", "patid", "pid", "subjectid", "subject",
     "subjectno", "caseid", "participantid", "participant", "mrn", "studysubjectid",
 }  # fmt: skip
-# Images above this many pixels are refused (PIL's decompression-bomb limit is 2x its warning level).
+# Images above this many pixels are refused: PIL's decompression-bomb error level (2x its warning level,
+# which large scans may exceed legitimately).
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
@@ -310,6 +311,24 @@ def patient_column(path: Path, columns: Sequence[str]) -> str | None:
     return None
 
 
+def patient_ids(table: Table, column: str, key: str = "filename") -> dict[str, str]:
+    """{file name: patient id} of a metadata table; one image given two patient ids is refused."""
+    import os
+
+    out: dict[str, str] = {}
+    line_of: dict[str, int] = {}
+    for line, row in zip(table.lines, table.rows, strict=True):
+        name = os.path.basename(row.get(key) or "") if key == "filename" else row.get(key) or ""
+        pid = row.get(column) or ""
+        if name in out and out[name] != pid:
+            raise DataError(
+                f"{table.path} lines {line_of[name]} and {line}: {name!r} has patient ids "
+                f"{out[name]!r} and {pid!r}; keep one row per image."
+            )
+        out[name], line_of[name] = pid, line_of.get(name, line)
+    return out
+
+
 def patients_for(
     names: Sequence[str], by_name: dict[str, str], path: Path, notes: Notes | None
 ) -> list[str]:
@@ -401,11 +420,11 @@ def open_image_checked(path: str | Path):
     """`PIL.Image.open` with the size limit turned into a DataError naming the file."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with warnings.catch_warnings():  # Up to MAX_IMAGE_PIXELS is fine: no warning on stderr.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except Image.DecompressionBombError as e:
             raise DataError(
                 f"image {path} is too large to read safely ({e}); downscale it or remove it."
             ) from None

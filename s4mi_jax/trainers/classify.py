@@ -135,6 +135,11 @@ def load_splits(config: ml_collections.ConfigDict):
     )
     if manifest is None:
         raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
+    if np.asarray(source.labels).ndim == 1 and len(source.class_names) < 2:
+        raise DataError(
+            f"{source.root}: every labeled image is class {source.class_names[0]!r}; a classifier "
+            "needs at least 2 classes (or name them all in config.data.class_names)."
+        )
     for note in notes:
         log(note)
     if config.data.eval_root:
