@@ -112,7 +112,7 @@ def tiny_filesystem(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False, timeout=10)
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
 
 
 @pytest.mark.parametrize("async_save", [False, True])
@@ -176,3 +176,50 @@ def test_training_resumes_from_previous_when_latest_is_damaged(tmp_path, capsys)
     got, want = _raw_params(str(ckpts), 4), _raw_params(str(tmp_path / "original"), 4)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    """`s4mi_jax.main` (in-process, as `python -m` runs it) on a workdir on an 8 MiB tmpfs: a run
+    halted at step 2, the disk then filled to 300 KB free, the resumed run's save at step 4 fails
+    with the kernel's ENOSPC: exit 2, the one documented line, checkpoint 2 unchanged, and no
+    "saved checkpoint at step 4" claim."""
+    from tests.test_bad_inputs_catalogue import run_main, tree_digest
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=False
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        workdir = mount / "w"
+        args = [
+            "--config=configs/simclr_chest.py:local",
+            f"--workdir={workdir}",
+            "--config.total_steps=6",
+            "--config.ckpt_every=2",
+            "--config.log_every=2",
+            "--config.batch_size=16",
+            "--config.eval.linear_probe=False",
+            "--config.data.verify=False",
+        ]
+        code, out, err = run_main([*args, "--config.halt_at_step=2"])
+        assert code == 0 and "saved checkpoint at step 2" in out, err
+        saved = tree_digest(workdir / "checkpoints" / "2")
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        with open(mount / "filler", "wb") as f:
+            f.write(b"\0" * (free - 300 * 1024))
+        code, out, err = run_main([*args, "--config.halt_at_step=4"])
+        assert code == 2, (out, err)
+        assert err == (
+            f"s4mi_jax: error: could not save checkpoint 4 in {workdir}/checkpoints: [Errno 28] No "
+            "space left on device. The previous checkpoint (step 2) is intact; free space and rerun "
+            "to resume from it.\n"
+        )
+        assert "saved checkpoint at step 4" not in out
+        assert tree_digest(workdir / "checkpoints" / "2") == saved
+    finally:
+        # Lazy: the failed run's Orbax threads may still hold files open in this process.
+        subprocess.run(["umount", "-l", str(mount)], check=False)
