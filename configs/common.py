@@ -124,7 +124,20 @@ def pretrain_data_config() -> ml_collections.ConfigDict:
             split_seed=0,
             val_fraction=0.1,
             test_fraction=0.2,
+            **label_options(),
         )
+    )
+
+
+def label_options() -> dict:
+    """`config.data` keys on how labels are read (s4mi_jax/data/validate.py, docs/data.md)."""
+    return dict(
+        # Comma-separated class names in id order, e.g. "NORMAL,PNEUMONIA": labels must be among them
+        # (names or ids), and classes without images are allowed. None: ids 0..K-1 or sorted names.
+        class_names=ml_collections.config_dict.placeholder(str),
+        # Run anyway when class names look like variants of each other, a class has < 2 patients or
+        # a val/test split lacks a class (each is otherwise an error).
+        accept_label_warnings=False,
     )
 
 
@@ -147,6 +160,8 @@ def run_config() -> ml_collections.ConfigDict:
             collapse_after=0.1,
             # Resume a workdir whose config.json differs (beyond log/checkpoint cadence) from this one.
             allow_config_change=False,
+            # Resume although the data differ from those the run recorded (provenance fingerprint).
+            allow_data_change=False,
             log_every=10,
             ckpt_every=100,
             keep_ckpts=2,
@@ -195,6 +210,7 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
         split_seed=0,  # Test/val split: the same for every fraction and seed.
         val_fraction=0.1,
         test_fraction=0.2,
+        **label_options(),
     )
     config.aug = aug_config(image_size=64)
     config.aug.update(
@@ -309,6 +325,7 @@ def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigD
         split_seed=0,
         val_fraction=0.1,
         test_fraction=0.2,
+        **label_options(),
     )
     config.aug = dict(
         image_size=64,

@@ -22,8 +22,20 @@ def one_line(error: Exception) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad `--config...` flag prints one line instead of a traceback."""
+    from s4mi_jax.data import validate
+    from s4mi_jax.errors import S4MIError
+
+    try:  # config_flags imports the file while parsing: README.md would be a SyntaxError traceback.
+        for i, arg in enumerate(argv[1:], start=1):
+            if arg.startswith("--config="):
+                validate.check_config_file(arg.split("=", 1)[1])
+            elif arg == "--config" and i + 1 < len(argv):
+                validate.check_config_file(argv[i + 1])
+    except S4MIError as e:
+        print(f"s4mi_jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, SyntaxError) as e:
         print(f"s4mi_jax: error: bad config or flag: {one_line(e)}", file=sys.stderr)
         sys.exit(2)

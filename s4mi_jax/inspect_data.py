@@ -21,26 +21,41 @@ Problems it reports (`Finding.kind`; errors stop a training run, warnings deserv
 | `mask_values` | error | mask values that are neither 0/255 nor class ids (resized with interpolation?) |
 | `mask_channels` | error | an RGB(A) mask |
 | `mask_corrupt` | error | a mask file that cannot be decoded |
-| `mask_orphan` | warning | a mask with no image of the same name |
+| `mask_orphan` | error | a mask with no image of the same name (the segmentation trainer refuses it) |
 | `no_masks` | error | `--masks` given but no masks at all |
 | `duplicate_stem` | warning | `a.png` and `a.jpg`: which one a mask `a.png` belongs to is ambiguous |
 | `missing_patient` | warning | metadata.csv has `patient_id` but not for every image (those become their own patient) |
+| `csv_unreadable` | error | a CSV that is not UTF-8/UTF-16, a folder, empty, header-only or malformed |
+| `bad_file_name` | error | an image file name that is not valid UTF-8 |
+| `patient_column` | error | a patient-id-like column not named `patient_id` (`PatientID`, `subject_id`, ...) |
+| `refused` | error | anything else the trainer's own checks (`data/validate.py`) refuse: label spellings, classes with < 2 patients, a split without a class, ... |
+
+"Usable" means what training accepts: after its own scan the inspector runs the trainer's data checks
+(`training_verdict`: classification/pretraining, or segmentation with `--masks`) with the configs'
+default split settings.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from absl import app, flags
 
-from s4mi_jax.data.sources import IMAGE_EXTENSIONS, READABLE_EXTENSIONS, read_image, read_mask
-from s4mi_jax.errors import DataError
+from s4mi_jax.data import validate
+from s4mi_jax.data.sources import (
+    IMAGE_EXTENSIONS,
+    READABLE_EXTENSIONS,
+    list_images,
+    read_image,
+    read_mask,
+)
+from s4mi_jax.errors import DataError, S4MIError
 
 ERROR, WARNING = "error", "warning"
 
@@ -69,12 +84,29 @@ class Report:
         return not self.kinds(ERROR)
 
 
+def _table(path: Path, required: list[str], report: Report) -> validate.Table | None:
+    """The CSV as training reads it (validate.read_table); a refusal becomes a finding."""
+    try:
+        return validate.read_table(path, required)
+    except DataError as e:
+        text = str(e)
+        kind = "label_missing_column" if "missing column" in text else "csv_unreadable"
+        report.add(kind, ERROR, text)
+        return None
+
+
 def _entries_from_folder(root: Path, report: Report):
     """[(key, image path, mask path or None)], {key: raw label}, {key: patient id or None}."""
     image_dir = root / "images" if (root / "images").is_dir() else root
-    files = sorted(
-        p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in READABLE_EXTENSIONS
-    )
+    try:
+        files = list_images(image_dir)
+    except DataError as e:
+        report.add("bad_file_name", ERROR, str(e))
+        files = sorted(
+            p
+            for p in image_dir.iterdir()
+            if p.is_file() and p.suffix.lower() in READABLE_EXTENSIONS
+        )
     masks = {}
     if (root / "masks").is_dir():
         for p in sorted((root / "masks").iterdir()):
@@ -82,25 +114,32 @@ def _entries_from_folder(root: Path, report: Report):
                 masks[p.stem] = p
         for stem, p in masks.items():
             if stem not in {f.stem for f in files}:
-                report.add("mask_orphan", WARNING, f"mask {p} has no image {image_dir}/{stem}.*")
+                report.add("mask_orphan", ERROR, f"mask {p} has no image {image_dir}/{stem}.*")
     entries = [(f.name, f, masks.get(f.stem)) for f in files]
     labels: dict[str, str] = {}
-    if (root / "labels.csv").exists():
-        labels = _read_labels(root / "labels.csv", {f.name for f in files}, "filename", report)
+    labels_csv = root / "labels.csv"
+    if labels_csv.exists() or labels_csv.is_symlink():
+        labels = _read_labels(labels_csv, {f.name for f in files}, "filename", report)
     patients = None
     if (root / "metadata.csv").exists():
-        with open(root / "metadata.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "patient_id" in rows[0]:
-            by_name = {r.get("filename", ""): r["patient_id"] for r in rows}
+        table = _table(root / "metadata.csv", ["filename"], report)
+        try:
+            column = table and validate.patient_column(table.path, table.columns)
+        except DataError as e:
+            report.add("patient_column", ERROR, str(e))
+            column = None
+        if column:
+            by_name = {os.path.basename(r["filename"]): r.get(column, "") for r in table.rows}
             patients = {f.name: by_name.get(f.name) or None for f in files}
     return entries, labels, patients
 
 
 def _entries_from_csv(path: Path, report: Report):
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    column = next((c for c in ("path", "filename") if rows and c in rows[0]), None)
+    table = _table(path, [], report)
+    if table is None:
+        return [], {}, None
+    rows = table.rows
+    column = next((c for c in ("path", "filename") if c in table.columns), None)
     if column is None:
         report.add("label_missing_column", ERROR, f"{path}: no 'path' column.")
         return [], {}, None
@@ -111,26 +150,36 @@ def _entries_from_csv(path: Path, report: Report):
         if file.is_file():
             entries.append((r[column], file, mask))
             existing.add(r[column])
-    labels = _read_labels(path, existing, column, report) if "label" in rows[0] else {}
-    patients = (
-        {r[column]: r.get("patient_id") or None for r in rows} if "patient_id" in rows[0] else None
-    )
+    labels = _read_labels(path, existing, column, report) if "label" in table.columns else {}
+    patients = None
+    try:
+        if validate.patient_column(path, table.columns):
+            patients = {r[column]: r.get("patient_id") or None for r in rows}
+    except DataError as e:
+        report.add("patient_column", ERROR, str(e))
     return entries, labels, patients
 
 
 def _read_labels(path: Path, names: set[str], column: str, report: Report) -> dict[str, str]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    if column not in header or "label" not in header:
+    table = _table(path, [column, "label"] if column == "path" else [], report)
+    if table is None:
+        return {}
+    others = [c for c in table.columns if c != column]
+    multi = column in table.columns and "label" not in others and len(others) > 1
+    if column == "filename" and multi:  # Multi-label: one 0/1 column per class.
+        return {
+            os.path.basename(r["filename"]): "+".join(c for c in others if r.get(c) == "1")
+            for r in table.rows
+            if os.path.basename(r["filename"]) in names
+        }
+    if column not in table.columns or "label" not in table.columns:
         report.add("label_missing_column", ERROR,
-                   f"{path}: columns {header}; expected a header line {column},label.")  # fmt: skip
+                   f"{path}: columns {table.columns}; expected a header line {column},label.")  # fmt: skip
         return {}
     labels, seen = {}, {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(table.lines, table.rows, strict=True):
         name = row[column] if column == "path" else os.path.basename(row[column])
-        value = (row["label"] or "").strip()
+        value = row.get("label") or ""
         if name not in names:
             report.add(
                 "label_unknown_file",
@@ -159,10 +208,57 @@ def _read_labels(path: Path, names: set[str], column: str, report: Report) -> di
     return labels
 
 
-def inspect(data_dir: str, *, masks: bool = False) -> Report:
-    """Reads every file of the dataset at `data_dir`; returns the findings and a summary."""
+def data_config(
+    root: str, *, masks: bool, class_names: str | None = None, accept: bool = False
+) -> ml_collections.ConfigDict:
+    """`config.data` with the configs' defaults: what the trainer would be given for `root`."""
+    data = dict(
+        root=root,
+        tfds_name=None,
+        eval_root=None,
+        channels=None,
+        verify=True,
+        split_seed=0,
+        val_fraction=0.1,
+        test_fraction=0.2,
+        class_names=class_names,
+        accept_label_warnings=accept,
+    )
+    if masks:
+        data.update(num_classes=256, resize="resize", manifest=None)
+    return ml_collections.ConfigDict(data)
+
+
+def training_verdict(data: ml_collections.ConfigDict, masks: bool) -> None:
+    """Runs the trainer's own data checks (classification/pretraining, or segmentation with `masks`);
+    raises the S4MIError training would stop with."""
+    from s4mi_jax.data import manifests
+
+    if not masks:
+        manifests.open_and_split(data, fraction=1.0, seed=0)
+        return
+    from s4mi_jax.data import segmentation
+
+    config = ml_collections.ConfigDict(dict(data=data, label_fraction=1.0, seed=0))
+    segmentation.make_manifest(segmentation.load(data, 16), config)
+
+
+def inspect(
+    data_dir: str,
+    *,
+    masks: bool = False,
+    class_names: str | None = None,
+    accept_label_warnings: bool = False,
+) -> Report:
+    """Reads every file of the dataset at `data_dir`; returns the findings and a summary.
+
+    Then runs the trainer's own checks (`training_verdict`): if training would refuse the data for a
+    reason not listed yet, that reason is an error too, so "usable" means the trainer accepts it.
+    """
     root = Path(data_dir)
     report = Report(str(root))
+    if str(root).endswith(".npz") and root.is_file():
+        return _inspect_npz(data_dir, report, class_names, accept_label_warnings)
     if str(root).endswith(".csv") and root.is_file():
         entries, labels, patients = _entries_from_csv(root, report)
     elif root.is_dir():
@@ -223,7 +319,10 @@ def inspect(data_dir: str, *, masks: bool = False) -> Report:
     classes = collections.Counter(labels.values())
     if len(classes) == 1:
         report.add(
-            "single_class", WARNING, f"every labeled image is class {next(iter(classes))!r}."
+            "single_class",
+            WARNING,
+            f"every labeled image is class {next(iter(classes))!r}: classification refuses it "
+            "(pretraining and segmentation do not).",
         )
     if patients is not None:
         missing = [k for k, _, _ in entries if not patients.get(k)]
@@ -236,6 +335,16 @@ def inspect(data_dir: str, *, masks: bool = False) -> Report:
         n_patients = len({patients.get(k) or k for k, _, _ in entries})
     else:
         n_patients = None
+    if report.ok:
+        try:
+            training_verdict(
+                data_config(
+                    data_dir, masks=masks, class_names=class_names, accept=accept_label_warnings
+                ),
+                masks,
+            )
+        except S4MIError as e:
+            report.add("refused", ERROR, str(e))
     report.summary = {
         "images": len(entries),
         "readable": len(entries) - n_corrupt,
@@ -248,6 +357,38 @@ def inspect(data_dir: str, *, masks: bool = False) -> Report:
         "empty_masks": n_empty,
         "mask_values": sorted(mask_values),
         "patients": n_patients,
+    }
+    return report
+
+
+def _inspect_npz(data_dir: str, report: Report, class_names, accept: bool) -> Report:
+    """A `.npz` is one file: the trainer's checks are the whole inspection."""
+    from s4mi_jax.data.sources import NpzSource
+
+    try:
+        training_verdict(
+            data_config(data_dir, masks=False, class_names=class_names, accept=accept), False
+        )
+        source = NpzSource(
+            data_dir, class_names=validate.class_names_of({"class_names": class_names})
+        )
+    except S4MIError as e:
+        report.add("refused", ERROR, str(e))
+        return report
+    images, labels = source.images, source.labels
+    labeled = labels[labels >= 0]
+    report.summary = {
+        "images": len(images),
+        "readable": len(images),
+        "labeled": len(labeled),
+        "unlabeled": len(images) - len(labeled),
+        "classes": dict(collections.Counter(source.class_names[i] for i in labeled.tolist())),
+        "sizes": {(images.shape[2], images.shape[1]): len(images)},
+        "channels": {images.shape[-1]: len(images)},
+        "masks": 0,
+        "empty_masks": 0,
+        "mask_values": [],
+        "patients": None if source.groups is None else len(set(source.groups)),
     }
     return report
 
@@ -279,19 +420,49 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1 or not flags.FLAGS.data_dir:
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Exit status 0: usable; 1: errors (the report on stdout lists them all, the first one is also
+    the single line on stderr); 2: no dataset at that path."""
+    f = flag_values
+    if len(argv) > 1 or not f.data_dir:
         raise app.UsageError("usage: python -m s4mi_jax.inspect_data --data_dir=DIR [--masks]")
     try:
-        report = inspect(flags.FLAGS.data_dir, masks=flags.FLAGS.masks)
-    except DataError as e:
+        report = inspect(
+            f.data_dir,
+            masks=f.masks,
+            class_names=f.class_names,
+            accept_label_warnings=f.accept_label_warnings,
+        )
+    except S4MIError as e:
         print(f"inspect_data: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(format_report(report))
+    if not report.ok:
+        errors = [f for f in report.findings if f.severity == ERROR]
+        more = f" (and {len(errors) - 1} more above)" if len(errors) > 1 else ""
+        print(f"inspect_data: error: {errors[0].message}{more}", file=sys.stderr)
     sys.exit(0 if report.ok else 1)
 
 
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The inspector's flags (defined by `python -m s4mi_jax.inspect_data`, or by a test)."""
+    fv = dict(flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Dataset folder or CSV of paths.", **fv)
+    flags.DEFINE_bool("masks", False, "A segmentation set: at least one mask is required.", **fv)
+    flags.DEFINE_string(
+        "class_names",
+        None,
+        "As config.data.class_names: comma-separated class names in id order.",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "accept_label_warnings",
+        False,
+        "As config.data.accept_label_warnings (see docs/data.md).",
+        **fv,
+    )
+
+
 if __name__ == "__main__":
-    flags.DEFINE_string("data_dir", None, "Dataset folder or CSV of paths.")
-    flags.DEFINE_bool("masks", False, "A segmentation set: at least one mask is required.")
+    define_flags()
     app.run(main)

@@ -19,6 +19,7 @@ from s4mi_jax import trainers
 from s4mi_jax.cli import one_line, parse_flags
 from s4mi_jax.core import distributed
 from s4mi_jax.core.loop import log
+from s4mi_jax.data import validate
 from s4mi_jax.errors import S4MIError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -85,15 +86,22 @@ def main(argv: list[str]) -> None:
     except S4MIError as e:
         print(f"s4mi_jax: error: {e}", file=sys.stderr)
         sys.exit(2)
+    config_arg = flags.FLAGS["config"].serialize().split("=", 1)[1]
     try:
+        validate.check_config_file(config_arg)
         config = _CONFIG.value
         config.trainer  # noqa: B018 (a config file that failed to load raises on first access)
-    except OSError as e:  # config_flags defers a missing/broken config file to first access.
-        print(f"s4mi_jax: error: bad config file: {one_line(e)}", file=sys.stderr)
+        validate.check_config(config)  # Before anything is written.
+    except S4MIError as e:
+        print(f"s4mi_jax: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, SyntaxError, ImportError, AttributeError, ValueError, TypeError) as e:
+        # config_flags defers a missing/broken config file to first access.
+        print(f"s4mi_jax: error: bad config file {config_arg}: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     workdir = _WORKDIR.value
     if workdir is None:
-        workdir = default_workdir(flags.FLAGS["config"].serialize().split("=", 1)[1])
+        workdir = default_workdir(config_arg)
         log(f"--workdir not given; using {os.path.abspath(workdir)}")
     log(
         f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) in "

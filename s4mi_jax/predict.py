@@ -20,8 +20,10 @@ extension, not recursive) and/or files, comma-separated. Outputs in `--output`:
   does (`data.resize`: bilinear resize, or tiles), the class map comes back with nearest neighbour
   (or the tiles put back). Cross teaching: `--network=cnn` (the U-Net, the method's `test`;
   default) or `transformer` (the Swin-UNet, `test_transformer`), each with its own best checkpoint;
-- `skipped.csv` (`file`, `error`) when some files could not be read: they are listed on stderr and
-  skipped, and the rest is predicted.
+- `skipped.csv` (`file`, `error`) when some files could not be read (or have a name that is not valid
+  UTF-8): they are listed on stderr and skipped, and the rest is predicted.
+Results are written chunk by chunk as they are produced (flushed), so an interruption keeps every
+finished prediction; `skipped.csv` is written even then.
 
 Exit status: 0 when at least one image was predicted (even if others were skipped), 1 when none could be
 read (no image found, or every file unreadable), 2 for a bad workdir, checkpoint or flag.
@@ -48,6 +50,7 @@ from absl import app, flags, logging
 
 from s4mi_jax.core import sharding
 from s4mi_jax.core.checkpoint import Checkpointer
+from s4mi_jax.core.metric_writer import read_config_json
 from s4mi_jax.data.sources import READABLE_EXTENSIONS, read_image
 from s4mi_jax.errors import ConfigError, S4MIError
 from s4mi_jax.evaluators import features, predictions
@@ -84,8 +87,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"--workdir={workdir}: no config.json; not a run folder of s4mi_jax.main."
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_config_json(path))
 
 
 def resolve_checkpoint(workdir: str, checkpoint: str, best: str = "best") -> tuple[str, int]:
@@ -122,8 +124,13 @@ def _meta(folder: str, step: int) -> dict:
     path = os.path.join(folder, str(step), "meta", "metadata")
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read checkpoint metadata {path}: {e}; the checkpoint is damaged."
+        ) from None
 
 
 class _Images:
@@ -139,26 +146,45 @@ class _Images:
         return {"image": self.images[i], "label": np.int32(-1), "index": np.int32(i)}
 
 
+class _AppendingCsv:
+    """A CSV written as results come (flushed and synced per chunk): a crash or kill mid-way keeps
+    every row finished before it. Opened on the first row, so no rows means no file."""
+
+    def __init__(self, path: str, header: Sequence[str]):
+        self.path, self.header = path, list(header)
+        self._file = None
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
+            csv.writer(self._file).writerow(self.header)
+        csv.writer(self._file).writerows(rows)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> bool:
+        """True if anything was written."""
+        if self._file is None:
+            return False
+        self._file.close()
+        return True
+
+
 class _ProbabilityCsv:
-    """Collects class probabilities; writes `predictions.csv` at the end."""
+    """Writes class probabilities to `predictions.csv` chunk by chunk, as they are produced."""
 
     def __init__(self, output_dir: str, class_names: list[str], multilabel: bool):
         self.path = os.path.join(output_dir, "predictions.csv")
         self.class_names, self.multilabel = class_names, multilabel
-        self.files: list[str] = []
-        self.probs: list[np.ndarray] = []
+        self.out = _AppendingCsv(self.path, predictions.csv_header(class_names))
 
     def add(self, files, images, outputs) -> None:
         del images
-        self.files += list(files)
-        self.probs.append(outputs)
+        rows = predictions.csv_rows(files, outputs, self.class_names, multilabel=self.multilabel)
+        self.out.write(rows)
 
     def close(self) -> list[str]:
-        probs = np.concatenate(self.probs) if self.probs else np.zeros((0, len(self.class_names)))
-        predictions.write_csv(
-            self.path, self.files, probs, self.class_names, multilabel=self.multilabel
-        )
-        return [self.path]
+        return [self.path] if self.out.close() else []
 
 
 def _replicated_mesh(config: ml_collections.ConfigDict, batch_size: int | None):
@@ -233,8 +259,9 @@ class _MaskPngs:
         self.output_dir, self.num_classes = output_dir, num_classes
         for sub in ("masks", "overlays"):
             os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
-        self.rows: list[tuple] = []
         self.used: set[str] = set()
+        header = ("file", "mask", "overlay", "height", "width", "foreground_fraction")
+        self.out = _AppendingCsv(os.path.join(output_dir, "masks.csv"), header)
 
     def _name(self, path: str) -> str:
         stem, k = Path(path).stem, 1
@@ -250,6 +277,7 @@ class _MaskPngs:
 
         from s4mi_jax.evaluators.segmentation import overlay_strip
 
+        rows = []
         for path, image, class_map in zip(files, images, outputs, strict=True):
             name = self._name(path)
             mask = class_map * 255 if self.num_classes == 2 else class_map
@@ -258,15 +286,14 @@ class _MaskPngs:
             Image.fromarray(mask.astype(np.uint8)).save(mask_path)
             Image.fromarray(overlay_strip(image, class_map)).save(overlay_path)
             h, w = class_map.shape
-            self.rows.append((path, mask_path, overlay_path, h, w, float((class_map > 0).mean())))
+            rows.append((path, mask_path, overlay_path, h, w, float((class_map > 0).mean())))
+        self.out.write(rows)
 
     def close(self) -> list[str]:
-        path = os.path.join(self.output_dir, "masks.csv")
-        with open(path, "w", newline="") as f:
-            header = ("file", "mask", "overlay", "height", "width", "foreground_fraction")
-            csv.writer(f).writerows([header, *self.rows])
+        if not self.out.close():
+            return []
         return [
-            path,
+            self.out.path,
             os.path.join(self.output_dir, "masks"),
             os.path.join(self.output_dir, "overlays"),
         ]
@@ -361,23 +388,33 @@ TASKS: dict[str, Callable[..., Predictor]] = {
 }
 
 
-def list_inputs(inputs: Sequence[str]) -> list[str]:
-    """Image files of `inputs` (folders and files), in the given order, folders sorted by name."""
+def list_inputs(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(image files of `inputs` (folders and files) in the given order, folders sorted by name;
+    (file, reason) for files skipped before reading: names that are not valid UTF-8)."""
     files: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             folder = path / "images" if (path / "images").is_dir() else path
-            files += [
-                str(p)
-                for p in sorted(folder.iterdir())
-                if p.is_file() and p.suffix.lower() in READABLE_EXTENSIONS
-            ]
+            try:
+                found = sorted(folder.iterdir())
+            except OSError as e:
+                raise ConfigError(f"--input: cannot list {folder}: {e.strerror or e}.") from None
+            found = [p for p in found if p.suffix.lower() in READABLE_EXTENSIONS and p.is_file()]
         elif path.is_file():
-            files.append(str(path))
+            found = [path]
         else:
             raise ConfigError(f"--input: {item} is neither a folder nor a file.")
-    return files
+        for p in found:
+            try:
+                str(p).encode("utf-8")
+            except UnicodeEncodeError:
+                shown = repr(os.fsencode(p))
+                skipped.append((shown, f"file name {shown} is not valid UTF-8; rename it."))
+                continue
+            files.append(str(p))
+    return files, skipped
 
 
 def run(
@@ -398,7 +435,9 @@ def run(
             f"--workdir={workdir}: predict does not support config.trainer={trainer!r} yet; "
             f"it knows {sorted(TASKS)}."
         )
-    files = list_inputs(inputs)
+    if batch_size is not None and batch_size <= 0:
+        raise ConfigError(f"--batch_size={batch_size} must be > 0 (or left out: the run's).")
+    files, skipped = list_inputs(inputs)
     if not files:
         log(f"predict: no image files ({', '.join(READABLE_EXTENSIONS)}) in {', '.join(inputs)}")
     predictor = TASKS[trainer](config, workdir, checkpoint, batch_size, network)
@@ -408,27 +447,30 @@ def run(
     except OSError as e:
         raise ConfigError(f"--output={output_dir}: {e}") from None
     writer = predictor.writer(output_dir)
-    report = Report([], [], [])
+    report = Report([], list(skipped), [])
     chunk = CHUNK_BATCHES * predictor.batch_size
-    for start in range(0, len(files), chunk):
-        names, images = [], []
-        for path in files[start : start + chunk]:
-            try:
-                images.append(read_image(path, predictor.channels))
-                names.append(path)
-            except S4MIError as e:  # DataError, or a missing optional reader (DICOM).
-                report.skipped.append((path, str(e)))
-            except Exception as e:  # A decoder's own error type (e.g. pydicom) for a bad file.
-                report.skipped.append((path, f"cannot read image {path}: {type(e).__name__}: {e}"))
-        if images:
-            writer.add(names, images, predictor.predict(images))
-            report.predicted += names
-    report.written = writer.close() if report.predicted else []
-    if report.skipped:
-        path = os.path.join(output_dir, "skipped.csv")
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows([("file", "error"), *report.skipped])
-        report.written.append(path)
+    try:  # Results are written chunk by chunk; whatever happens, what was finished stays written.
+        for start in range(0, len(files), chunk):
+            names, images = [], []
+            for path in files[start : start + chunk]:
+                try:
+                    images.append(read_image(path, predictor.channels))
+                    names.append(path)
+                except S4MIError as e:  # DataError, or a missing optional reader (DICOM).
+                    report.skipped.append((path, str(e)))
+                except Exception as e:  # A decoder's own error type (e.g. pydicom) for a bad file.
+                    reason = f"cannot read image {path}: {type(e).__name__}: {e}"
+                    report.skipped.append((path, reason))
+            if images:
+                writer.add(names, images, predictor.predict(images))
+                report.predicted += names
+    finally:
+        report.written = writer.close()
+        if report.skipped:
+            path = os.path.join(output_dir, "skipped.csv")
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows([("file", "error"), *report.skipped])
+            report.written.append(path)
     return report
 
 
@@ -437,25 +479,34 @@ def exit_status(report: Report) -> int:
     return 0 if report.predicted else 1
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The command's flags; defined only when run as a command, so importing this module (tests,
-    notebooks) never collides with `s4mi_jax.main`'s `--workdir`."""
-    flags.DEFINE_string("workdir", None, "Run folder of s4mi_jax.main (config + checkpoints).")
-    flags.DEFINE_list("input", None, "Image folders and/or files, comma-separated.")
+    notebooks) never collides with `s4mi_jax.main`'s `--workdir` (tests pass their own FlagValues)."""
+    fv = dict(flag_values=flag_values)
     flags.DEFINE_string(
-        "output", None, "Folder for predictions.csv or masks/ + overlays/ (created if needed)."
+        "workdir", None, "Run folder of s4mi_jax.main (config + checkpoints).", **fv
     )
-    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
-    flags.DEFINE_integer("batch_size", None, "Default: the run's config.eval.batch_size.")
+    flags.DEFINE_list("input", None, "Image folders and/or files, comma-separated.", **fv)
     flags.DEFINE_string(
-        "network", None, "Cross teaching: cnn (the U-Net, default) | transformer (the Swin-UNet)."
+        "output",
+        None,
+        "Folder for predictions.csv or masks/ + overlays/ (created if needed).",
+        **fv,
+    )
+    flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.", **fv)
+    flags.DEFINE_integer("batch_size", None, "Default: the run's config.eval.batch_size.", **fv)
+    flags.DEFINE_string(
+        "network",
+        None,
+        "Cross teaching: cnn (the U-Net, default) | transformer (the Swin-UNet).",
+        **fv,
     )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    f = flags.FLAGS
+    f = flag_values
     if not (f.workdir and f.input and f.output):
         raise app.UsageError("--workdir, --input and --output are required")
     if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the report.

@@ -78,7 +78,7 @@ DEFECTS = {
     "mask_values": (ERROR, lambda r: _png(r / "masks" / "b.png", np.array([[0, 128], [255, 0]], np.uint8).repeat(4, 0).repeat(4, 1))),
     "mask_channels": (ERROR, lambda r: _png(r / "masks" / "b.png", np.zeros((8, 8, 3), np.uint8))),
     "mask_corrupt": (ERROR, lambda r: (r / "masks" / "b.png").write_bytes(b"\x89PNG broken")),
-    "mask_orphan": (WARNING, lambda r: _png(r / "masks" / "zzz.png", np.zeros((8, 8), np.uint8))),
+    "mask_orphan": (ERROR, lambda r: _png(r / "masks" / "zzz.png", np.zeros((8, 8), np.uint8))),
     "no_masks": (ERROR, lambda r: [p.unlink() for p in (r / "masks").iterdir()]),
     "duplicate_stem": (WARNING, lambda r: (_png(r / "images" / "a.jpg", np.zeros((8, 8), np.uint8)), _append(r / "metadata.csv", "a.jpg,p1\n"))),
     "missing_patient": (WARNING, lambda r: (r / "metadata.csv").write_text("filename,patient_id\na.png,p1\n")),

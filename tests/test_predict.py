@@ -126,6 +126,67 @@ def test_checkpoint_choice_and_bad_arguments(run, tmp_path):
         predict.run(str(pretraining), [str(IMAGES)], str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="neither a folder nor a file"):
         predict.run(workdir, [str(tmp_path / "nope")], str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match=r"--batch_size=-4 must be > 0"):
+        predict.run(workdir, [str(IMAGES)], str(tmp_path / "o"), batch_size=-4)
+
+
+def test_unreadable_names_and_files_are_skipped_and_listed(run, tmp_path):
+    """A name that is not valid UTF-8 and a decompression-bomb-sized PNG are skipped and listed in
+    skipped.csv; the other images are predicted."""
+    workdir, _ = run
+    expected, _ = _test_predictions(workdir)
+    good = sorted(expected)[:3]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in good:
+        shutil.copy(IMAGES / n, folder / n)
+    shutil.copy(IMAGES / good[0], os.fsencode(folder) + b"/caf\xe9.png")
+    from tests.test_bad_inputs_catalogue import png_bomb
+
+    png_bomb(folder / "huge.png")
+    report = predict.run(workdir, [str(folder)], str(tmp_path / "out"), log=lambda m: None)
+    assert sorted(Path(p).name for p in report.predicted) == good
+    reasons = dict(report.skipped)
+    assert reasons["b'" + str(folder) + "/caf\\xe9.png'"].endswith("is not valid UTF-8; rename it.")
+    assert "is too large to read safely" in reasons[str(folder / "huge.png")]
+    with open(tmp_path / "out" / "skipped.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    files, probs, _ = predictions.read_csv(str(tmp_path / "out" / "predictions.csv"))
+    np.testing.assert_allclose(probs, np.stack([expected[n] for n in good]), atol=1e-6)
+
+
+def test_finished_predictions_survive_an_interruption(run, tmp_path, monkeypatch):
+    """Predictions are written chunk by chunk: a failure in the second chunk keeps the first's rows
+    in predictions.csv (no .tmp left), and skipped.csv is still written."""
+    import dataclasses
+
+    workdir, _ = run
+    expected, _ = _test_predictions(workdir)
+    names = sorted(expected)[:12]
+    folder = _corrupt_folder(tmp_path, names)
+    monkeypatch.setattr(predict, "CHUNK_BATCHES", 1)
+    load = predict.TASKS["classify"]
+    calls = []
+
+    def interrupted(*args):
+        predictor = load(*args)
+
+        def fn(images):
+            calls.append(len(images))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return predictor.predict(images)
+
+        return dataclasses.replace(predictor, predict=fn)
+
+    monkeypatch.setitem(predict.TASKS, "classify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict.run(workdir, [str(folder)], str(tmp_path / "out"), batch_size=8, log=lambda m: None)
+    files, probs, _ = predictions.read_csv(str(tmp_path / "out" / "predictions.csv"))
+    assert [Path(f).name for f in files] == names[:8] and calls == [8, 4]
+    np.testing.assert_allclose(probs, np.stack([expected[n] for n in names[:8]]), atol=1e-6)
+    assert (tmp_path / "out" / "skipped.csv").exists()  # bad.png, read before the failure.
+    assert not list((tmp_path / "out").glob("*.tmp"))
 
 
 def _expected_fingerprint(root: Path) -> tuple[int, str]:

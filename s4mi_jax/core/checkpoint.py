@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import glob
 import json
+import logging
 import os
+import sys
 from typing import Any
 
 import grain
@@ -40,10 +42,47 @@ def _no_replica_parallel_on_cpu() -> None:
             absl_logging.set_verbosity(verbosity)
 
 
+DAMAGED_DIR = (
+    "checkpoints_damaged"  # Beside `checkpoints/`: damaged ones are moved here, never deleted.
+)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC as the OS (OSError errno 28) or TensorStore (ValueError RESOURCE_EXHAUSTED) reports it."""
+    if isinstance(error, OSError) and error.errno == 28:
+        return True
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "No space left on device" in text
+
+
+class _DropDiskFullLogs(logging.Filter):
+    """Orbax logs a failed background save (with traceback) before it raises; the one-line message
+    `Checkpointer` raises says it all, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not ("RESOURCE_EXHAUSTED" in text or "No space left on device" in text)
+
+
+@functools.cache
+def _quiet_disk_full_logs() -> None:
+    logging.getLogger("absl").addFilter(_DropDiskFullLogs())
+
+
+def _short(error: BaseException) -> str:
+    """One line of an Orbax/TensorStore error: its first line, without Python's `raise` chain."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{type(error).__name__}: {text[:300]}"
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
+        self._pending_step: int | None = None
         _no_replica_parallel_on_cpu()
+        _quiet_disk_full_logs()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -81,13 +120,22 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         try:
             self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-        except OSError as e:  # e.g. disk full: say so, and which checkpoint is still good.
-            raise self._save_error(step, e) from None
+        except (
+            OSError,
+            ValueError,
+            RuntimeError,
+        ) as e:  # e.g. disk full: say so, and what is intact.
+            if isinstance(e, OSError) or is_disk_full(e):
+                raise self._save_error(step, e) from None
+            raise
+        self._pending_step = step
 
     def _save_error(self, step: int | None, error: Exception) -> S4MIError:
+        reason = "[Errno 28] No space left on device" if is_disk_full(error) else _short(error)
+        step = self._pending_step if step is None else step
         return S4MIError(
-            f"could not save checkpoint {step or ''} in {self.directory}: {error}. The previous checkpoint "
-            f"(step {self.latest_step()}) is intact; free space and rerun to resume from it."
+            f"could not save checkpoint {step or ''} in {self.directory}: {reason}. The previous "
+            f"checkpoint (step {self.latest_step()}) is intact; free space and rerun to resume from it."
         )
 
     def restore(
@@ -100,7 +148,50 @@ class Checkpointer:
         has none for this one, and then any saved file serves, because `pipeline.train_iterator`'s
         position (global batches taken) is the same on every process.
         """
-        step = self.latest_step() if step is None else step
+        if step is not None:
+            return self._restore(abstract_state, data_iter, step)
+        return self._restore_latest_intact(abstract_state, data_iter)
+
+    def _restore_latest_intact(self, abstract_state: Any, data_iter) -> Any:
+        """The newest checkpoint that restores. Newer ones that fail while an older one restores are
+        damaged (truncated chunk, empty manifest, missing iterator state): each is named in a warning
+        and moved to `checkpoints_damaged/` (never deleted). If none restores, nothing is moved (the
+        cause is then more likely the run's config than the files) and the latest's error is raised."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state = self._restore(abstract_state, data_iter, step)
+            except Exception as e:  # Orbax/TensorStore raise many types for a damaged checkpoint.
+                failed.append((step, _short(e)))
+                continue
+            for bad, reason in failed:
+                moved = self._move_aside(bad)
+                _warn(
+                    f"WARNING: checkpoint {bad} in {self.directory} is damaged ({reason}); moved it "
+                    f"to {moved} and resumed from step {step} instead."
+                )
+            if failed:
+                self.manager.reload()
+            return state
+        bad, reason = failed[0]
+        raise S4MIError(
+            f"cannot restore checkpoint {bad} in {self.directory} ({reason}), nor any older one "
+            f"{[s for s, _ in failed[1:]]}. If the config changed, rerun with the run's own config; "
+            "else move the checkpoints folder away to start afresh."
+        )
+
+    def _move_aside(self, step: int) -> str:
+        aside = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+        os.makedirs(aside, exist_ok=True)
+        target, k = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):
+            k += 1
+            target = os.path.join(aside, f"{step}.{k}")
+        os.replace(os.path.join(self.directory, str(step)), target)
+        return target
+
+    def _restore(self, abstract_state: Any, data_iter, step: int) -> Any:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         foreign_iter = None
         if data_iter is not None:
@@ -125,9 +216,15 @@ class Checkpointer:
         """Blocks until pending async saves are committed (a failed one raises here)."""
         try:
             self.manager.wait_until_finished()
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, ValueError) as e:
             raise self._save_error(None, e) from None
 
     def close(self) -> None:
         self.wait()
         self.manager.close()
+
+
+def _warn(message: str) -> None:
+    """A warning the user must see (stdout, process 0): the progress lines go there too."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stdout, flush=True)

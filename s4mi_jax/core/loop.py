@@ -190,6 +190,7 @@ def train_loop(
             synced = multi and multihost_utils.reached_preemption_sync_point(step)
             if sigterm.raised or synced or step == halt_at_step:
                 checkpointer.save(step, state, data_iter, meta)
+                checkpointer.wait()  # Say "saved" only once it is (a full disk raises here).
                 why = "SIGTERM" if sigterm.raised or synced else "config.halt_at_step"
                 log(f"{why}: saved checkpoint at step {step}; rerun the same command to resume.")
                 preempted = True

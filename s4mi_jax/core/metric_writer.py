@@ -104,6 +104,8 @@ RESUMABLE_CHANGES = (
     "keep_ckpts",
     "nonfinite",
     "allow_config_change",
+    "allow_data_change",
+    "data.accept_label_warnings",
     "data.num_workers",
     "data.verify",
     "eval.batch_size",
@@ -124,24 +126,69 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_workdir(workdir: str, config) -> None:
+def read_config_json(path: str) -> dict:
+    """A run's `config.json`; a damaged one is named (not a JSONDecodeError traceback)."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise S4MIError(
+            f"cannot read {path}: {e}. The run's config record is damaged; restore it from a backup, "
+            "or move it away and rerun with the same config (checkpoints are kept)."
+        ) from None
+    if not isinstance(config, dict):
+        raise S4MIError(f"{path} does not hold a config (a JSON object); restore or move it away.")
+    return config
+
+
+DATA_FINGERPRINT = "data_fingerprint.json"
+
+
+def _check_data(workdir: str, config, sources: dict) -> dict | None:
+    """The data's fingerprints (provenance.fingerprint); on resume they must equal the recorded ones
+    (`config.allow_data_change=True` resumes anyway). None when no source was given."""
+    if not sources:
+        return None
+    from s4mi_jax import provenance
+
+    now = {k: provenance.fingerprint(s) for k, s in sources.items() if s is not None}
+    path = os.path.join(workdir, DATA_FINGERPRINT)
+    if os.path.exists(path) and not config.get("allow_data_change", False):
+        before = read_config_json(path)
+        for key, fp in now.items():
+            old = before.get(key)
+            if old and (old.get("sha256"), old.get("records")) != (fp["sha256"], fp["records"]):
+                raise S4MIError(
+                    f"{workdir} was trained on other data: {fp['root']} now has {fp['records']} "
+                    f"records in {fp['file_count']} files, the run recorded {old.get('records')} in "
+                    f"{old.get('file_count')} ({path}). Point config.data at the run's data, use another "
+                    "--workdir, or pass --config.allow_data_change=True to resume anyway."
+                )
+    return now
+
+
+def prepare_workdir(workdir: str, config, data: dict | None = None) -> None:
     """Creates the run folder and records the config; called only after the inputs were validated.
 
     A workdir that already holds a run of another config is refused (resuming it would silently mix
     two experiments) unless `config.allow_config_change` is set; keys in RESUMABLE_CHANGES may differ.
+    `data` ({"dataset": source, ...}): fingerprinted into `data_fingerprint.json`; a resumed run whose
+    data changed since is refused unless `config.allow_data_change` is set.
     """
     if jax.process_index() != 0:
         return
     path = os.path.join(workdir, "config.json")
     new = json.loads(json.dumps(config.to_dict(), default=str))
     if os.path.exists(path) and not config.get("allow_config_change", False):
-        with open(path) as f:
-            old = _flatten(json.load(f))
+        old = _flatten(read_config_json(path))
         flat = _flatten(new)
         changed = sorted(
             k
             for k in set(old) | set(flat)
-            if old.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES
+            if old.get(k) != flat.get(k)
+            and k not in RESUMABLE_CHANGES
+            # A key added to the configs after the run started, at its neutral default.
+            and not (k not in old and flat.get(k) in (None, False))
         )
         if changed:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed[:5])
@@ -149,9 +196,12 @@ def prepare_workdir(workdir: str, config) -> None:
                 f"{workdir} holds a run of another config ({shown}{', ...' if len(changed) > 5 else ''})."
                 " Use another --workdir, or pass --config.allow_config_change=True to continue it."
             )
+    fingerprints = _check_data(workdir, config, data or {})
     try:
         os.makedirs(workdir, exist_ok=True)
         write_json(path, new)
+        if fingerprints:
+            write_json(os.path.join(workdir, DATA_FINGERPRINT), fingerprints)
     except OSError as e:
         raise S4MIError(f"cannot write to workdir {workdir}: {e}") from None
 

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from s4mi_jax.data.sources import is_labeled
+from s4mi_jax.data import validate
+from s4mi_jax.data.sources import is_labeled, notes_of, open_from_config, source_keys
 from s4mi_jax.data.splits import hash_rank
 from s4mi_jax.errors import DataError
 
@@ -370,3 +371,31 @@ def _index_array(indices) -> np.ndarray:
     out = np.sort(np.asarray(indices, np.int64))
     out.flags.writeable = False  # The dataclass is frozen; its arrays should be too.
     return out
+
+
+def open_and_split(data, *, fraction: float, seed: int):
+    """(source, manifest or None for unlabeled data, notes): the data checks every trainer that splits
+    labels runs, and what `inspect_data` runs, so the two cannot disagree.
+
+    Opens `config.data` (every file, label and patient check of `data/validate.py`), makes the
+    label-fraction manifest and checks that every split has every class.
+    """
+    source = open_from_config(data)
+    if not is_labeled(source.labels).any():
+        return source, None, notes_of(source)
+    accept = bool(data.get("accept_label_warnings", False))
+    validate.check_patients_per_class(source, accept)
+    manifest = make_manifest(
+        source_keys(source),
+        source.labels,
+        source.groups,
+        fraction=fraction,
+        seed=seed,
+        split_seed=data.split_seed,
+        val_fraction=data.val_fraction,
+        test_fraction=0.0 if data.get("eval_root") else data.test_fraction,
+    )
+    notes = notes_of(source) + validate.check_splits(
+        manifest, source.class_names, fraction, accept, root=source.root
+    )
+    return source, manifest, notes

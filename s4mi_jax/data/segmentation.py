@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from s4mi_jax.data import augment, manifests
+from s4mi_jax.data import augment, manifests, validate
 from s4mi_jax.data.sources import IMAGE_EXTENSIONS, UNLABELED, FolderSource, read_image
 from s4mi_jax.errors import ConfigError, DataError
 
@@ -138,7 +138,13 @@ def load(data_cfg: ml_collections.ConfigDict, image_size: int) -> SegmentationDa
         raise ConfigError(
             "config.data.root is not set: a folder with images/ and masks/ is needed."
         )
-    folder = FolderSource(data_cfg.root, channels=data_cfg.channels, verify=False)
+    folder = FolderSource(
+        data_cfg.root,
+        channels=data_cfg.channels,
+        verify=False,
+        class_names=validate.class_names_of(data_cfg),
+        accept_label_warnings=bool(data_cfg.get("accept_label_warnings", False)),
+    )
     root = folder.root
     if not (root / "masks").is_dir():
         raise DataError(f"{root} has no masks/ folder: segmentation needs root/masks/<stem>.png.")

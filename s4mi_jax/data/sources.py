@@ -7,7 +7,6 @@ missing folder, an empty folder or a corrupt file stops the run before anything 
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from s4mi_jax.data import medical
+from s4mi_jax.data import medical, validate
 from s4mi_jax.errors import ConfigError, DataError
 
 SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), "sample", "chest_xray")
@@ -45,12 +44,14 @@ def read_image(path: str | Path, channels: int | None) -> np.ndarray:
             )
         return arr
     try:
-        with Image.open(path) as img:
+        with validate.open_image_checked(path) as img:
             img.load()
+            # 16-bit (either byte order: I;16, I;16B, ...) / 32-bit / float grayscale.
+            wide = img.mode.startswith(("I", "F"))
             if channels is None:
-                channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-            if img.mode in ("I", "I;16", "F"):  # 16-bit / float grayscale: rescale to 8 bit.
-                arr = np.asarray(img, np.float32)
+                channels = 1 if wide or img.mode in ("1", "L", "LA") else 3
+            if wide:  # Rescale to 8 bit per image (min-max).
+                arr = np.asarray(img).astype(np.float32)
                 lo, hi = float(arr.min()), float(arr.max())
                 arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
                 img = Image.fromarray(arr.round().astype(np.uint8), "L")
@@ -69,7 +70,7 @@ def read_mask(path: str | Path, image_shape: tuple[int, ...], image_path: str | 
     or of another size than its image is an error naming both files.
     """
     try:
-        with Image.open(path) as img:
+        with validate.open_image_checked(path) as img:
             img.load()
             if img.mode not in ("L", "P", "1", "I", "I;16"):
                 raise DataError(
@@ -98,53 +99,59 @@ def read_mask(path: str | Path, image_shape: tuple[int, ...], image_path: str | 
     return mask.astype(np.uint8)
 
 
+def list_images(folder: Path, notes: validate.Notes | None = None) -> list[Path]:
+    """The readable image files of `folder`, sorted; a name that is not valid UTF-8 is refused (it
+    could not be written to a manifest, CSV or JSON), naming its bytes."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        raise DataError(f"cannot list {folder}: {e.strerror or e}.") from None
+    files = sorted(p for p in entries if p.suffix.lower() in READABLE_EXTENSIONS and p.is_file())
+    for p in files:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(p.name)
+            raise DataError(
+                f"{folder}: file name {raw!r} is not valid UTF-8; rename it (e.g. convmv -f latin1 "
+                "-t utf-8 --notest)."
+            ) from None
+    return files
+
+
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {missing}; found {reader.fieldnames}. "
-                f"Expected a header line with {list(required)}."
-            )
-        return list(reader)
-
-
-def _label_ids(path: Path, raw: Sequence[str], lines: Sequence[int]):
-    """(class names, value -> id) for a label column: integer ids 0..max, or sorted class names."""
-    for line, value in zip(lines, raw, strict=True):
-        if not value or value.startswith("-"):
-            raise DataError(
-                f"{path} line {line}: label {value!r} is not a class id (0, 1, ...) or name; "
-                "leave an unlabeled image out of labels.csv instead."
-            )
-    if all(v.isdigit() for v in raw):  # Class ids: 0..max, names are the ids.
-        return [str(c) for c in range(max(int(v) for v in raw) + 1)], {v: int(v) for v in raw}
-    names = sorted(set(raw))
-    return names, {c: k for k, c in enumerate(names)}
+    """Rows of a CSV as people write them (validate.read_table: encodings, delimiters, no empty file)."""
+    return validate.read_table(path, required).rows
 
 
 class FolderSource:
     """Images in `root/images/` (or directly in `root/`), labels from an optional `root/labels.csv`.
 
     `labels.csv` has columns `filename,label`; labels may be integers or class names (names are sorted and
-    numbered). Or, for multi-label data, `filename,<class_1>,...,<class_C>` with 0/1 entries and no `label`
-    column: `labels` is then (N, C) multi-hot. Images absent from labels.csv are unlabeled (-1). `metadata.csv` (optional) may carry a
-    `patient_id` column, used to keep one patient's images on one side of a split.
+    numbered, or ordered by `class_names`). Or, for multi-label data, `filename,<class_1>,...,<class_C>`
+    with 0/1 entries and no `label` column: `labels` is then (N, C) multi-hot. Images absent from
+    labels.csv are unlabeled (-1). `metadata.csv` (optional) may carry a `patient_id` column, used to keep
+    one patient's images on one side of a split. CSV and label rules: `data/validate.py`; facts the user
+    should hear (e.g. blank patient ids) are collected in `notes`.
     """
 
-    def __init__(self, root: str | Path, *, channels: int | None = None, verify: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        channels: int | None = None,
+        verify: bool = True,
+        class_names: Sequence[str] | None = None,
+        accept_label_warnings: bool = False,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise DataError(
                 f"data folder {root} does not exist (config.data.root / config.data.eval_root)."
             )
+        self.notes = validate.Notes()
         image_dir = root / "images" if (root / "images").is_dir() else root
-        self.files = sorted(
-            p
-            for p in image_dir.iterdir()
-            if p.suffix.lower() in READABLE_EXTENSIONS and p.is_file()
-        )
+        self.files = list_images(image_dir, self.notes)
         if not self.files:
             raise DataError(
                 f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}. Expected {root}/images/*.png."
@@ -153,14 +160,16 @@ class FolderSource:
         names = [p.name for p in self.files]
         self.labels = np.full(len(names), UNLABELED, np.int32)
         self.class_names: list[str] = []
-        if (root / "labels.csv").exists():
-            self._read_labels(root / "labels.csv", names)
+        labels_csv = root / "labels.csv"
+        if labels_csv.exists() or labels_csv.is_symlink():
+            self._read_labels(labels_csv, names, class_names, accept_label_warnings)
         self.groups: list[str] | None = None
         if (root / "metadata.csv").exists():
-            rows = _read_csv(root / "metadata.csv", ["filename"])
-            if rows and "patient_id" in rows[0]:
-                by_name = {r["filename"]: r["patient_id"] for r in rows}
-                self.groups = [by_name.get(n, n) for n in names]
+            table = validate.read_table(root / "metadata.csv", ["filename"])
+            column = validate.patient_column(table.path, table.columns)
+            if column is not None:
+                by_name = validate.patient_ids(table, column)
+                self.groups = validate.patients_for(names, by_name, table.path, self.notes)
         self.mask_files: list[Path | None] | None = None
         if (root / "masks").is_dir():  # Optional per image: unlabeled images need no fake masks.
             by_stem = {
@@ -174,18 +183,20 @@ class FolderSource:
         if verify:
             self.verify()
 
-    def _read_labels(self, path: Path, names: list[str]) -> None:
-        rows = _read_csv(path, ["filename"])
+    def _read_labels(self, path: Path, names: list[str], class_names, accept: bool) -> None:
+        table = validate.read_table(path, ["filename"])
         index = {n: i for i, n in enumerate(names)}
-        columns = [c for c in (rows[0] if rows else {}) if c != "filename"]
+        columns = [c for c in table.columns if c != "filename"]
         if "label" not in columns and len(columns) > 1:
-            self._read_multilabels(path, rows, columns, index)
+            self._read_multilabels(table, columns, index)
             return
-        rows = _read_csv(path, ["filename", "label"])
-        raw = [(r["label"] or "").strip() for r in rows]
-        self.class_names, to_int = _label_ids(path, raw, range(2, len(raw) + 2))
+        table = validate.read_table(path, ["filename", "label"])
+        raw = [r.get("label") or "" for r in table.rows]
+        self.class_names, ids = validate.parse_labels(
+            path, raw, table.lines, class_names=class_names, accept=accept
+        )
         seen: dict[str, int] = {}
-        for line, (row, value) in enumerate(zip(rows, raw, strict=True), start=2):
+        for line, row, value in zip(table.lines, table.rows, ids, strict=True):
             name = os.path.basename(row["filename"])
             if name not in index:
                 raise DataError(
@@ -196,19 +207,20 @@ class FolderSource:
                     f"{path} lines {seen[name]} and {line}: {name!r} is listed twice; keep one row."
                 )
             seen[name] = line
-            self.labels[index[name]] = to_int[value]
+            self.labels[index[name]] = value
 
-    def _read_multilabels(self, path, rows, columns, index) -> None:
+    def _read_multilabels(self, table: validate.Table, columns, index) -> None:
+        path = table.path
         self.class_names = columns
         self.labels = np.full((len(index), len(columns)), UNLABELED, np.int32)
-        for line, row in enumerate(rows, start=2):
+        for line, row in zip(table.lines, table.rows, strict=True):
             name = os.path.basename(row["filename"])
             if name not in index:
                 raise DataError(
                     f"{path} line {line}: file {row['filename']!r} is not in {self.files[0].parent}."
                 )
             try:
-                values = [int(row[c]) for c in columns]
+                values = [int(row.get(c) or "") for c in columns]
             except (TypeError, ValueError):
                 values = [-1]
             if any(v not in (0, 1) for v in values):
@@ -224,8 +236,10 @@ class FolderSource:
                 read_image(path, None)
                 continue
             try:
-                with Image.open(path) as img:
+                with validate.open_image_checked(path) as img:
                     img.verify()
+            except DataError:
+                raise
             except Exception as e:  # PIL raises many types for a bad file.
                 raise DataError(
                     f"cannot read image {path}: {e}. Remove or replace the file."
@@ -258,44 +272,65 @@ class CsvSource(FolderSource):
     """A CSV of image paths: columns `path` (or `filename`), optional `label`, `patient_id`, `mask`.
 
     Paths are relative to the CSV's folder (or absolute). Rows without a label (empty cell) are
-    unlabeled; rows without a mask have none. Labels follow labels.csv's rules (ids or class names).
+    unlabeled; rows without a mask have none; rows without a patient_id are their own patient. Labels
+    follow labels.csv's rules (ids or class names).
     """
 
-    def __init__(self, path: str | Path, *, channels: int | None = None, verify: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        channels: int | None = None,
+        verify: bool = True,
+        class_names: Sequence[str] | None = None,
+        accept_label_warnings: bool = False,
+    ):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"data file {path} does not exist (config.data.root).")
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        column = next((c for c in ("path", "filename") if rows and c in rows[0]), None)
+        self.notes = validate.Notes()
+        table = validate.read_table(path)
+        rows = table.rows
+        column = next((c for c in ("path", "filename") if c in table.columns), None)
         if column is None:
-            raise DataError(f"{path}: no 'path' column; expected a header line path[,label,...].")
+            raise DataError(
+                f"{path}: no 'path' column (found {table.columns}); expected a header line "
+                "path[,label,patient_id,mask]."
+            )
         base = path.parent
         self.root = path
         self.files, seen = [], {}
-        for line, row in enumerate(rows, start=2):
-            file = Path(row[column]) if os.path.isabs(row[column]) else base / row[column]
-            if not file.is_file():
-                raise DataError(f"{path} line {line}: file {row[column]!r} does not exist.")
+        for line, row in zip(table.lines, rows, strict=True):
+            value = row.get(column) or ""
+            file = Path(value) if os.path.isabs(value) else base / value
+            if not value or not file.is_file():
+                raise DataError(f"{path} line {line}: file {value!r} does not exist.")
             if file in seen:
-                raise DataError(
-                    f"{path} lines {seen[file]} and {line}: {row[column]!r} is listed twice."
-                )
+                raise DataError(f"{path} lines {seen[file]} and {line}: {value!r} is listed twice.")
             seen[file] = line
             self.files.append(file)
         self.keys = [row[column] for row in rows]
         self.labels = np.full(len(rows), UNLABELED, np.int32)
         self.class_names = []
-        raw = [(r.get("label") or "").strip() for r in rows]
+        raw = [r.get("label") or "" for r in rows]
         labeled = [i for i, v in enumerate(raw) if v]
         if labeled:
-            names, to_int = _label_ids(path, [raw[i] for i in labeled], [i + 2 for i in labeled])
+            names, ids = validate.parse_labels(
+                path,
+                [raw[i] for i in labeled],
+                [table.lines[i] for i in labeled],
+                class_names=class_names,
+                accept=accept_label_warnings,
+            )
             self.class_names = names
-            for i in labeled:
-                self.labels[i] = to_int[raw[i]]
-        self.groups = [r["patient_id"] for r in rows] if "patient_id" in rows[0] else None
+            self.labels[labeled] = ids
+        patient = validate.patient_column(path, table.columns)
+        self.groups = None
+        if patient is not None:
+            by_key = {r[column]: r.get(patient, "") for r in rows}
+            self.groups = validate.patients_for(self.keys, by_key, path, self.notes)
         self.mask_files = None
-        if "mask" in rows[0]:
+        if "mask" in table.columns:
             self.mask_files = [base / r["mask"] if r.get("mask") else None for r in rows]
         self.channels = read_image(self.files[0], channels).shape[-1]
         if verify:
@@ -306,7 +341,7 @@ class NpzSource:
     """A `.npz` file with `images` (N, H, W[, C]) uint8 and optional `labels` (N,) int; optional `keys`
     (record ids for manifests), `class_names` and `groups` (patient ids), as `data/cache.py` writes."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, class_names: Sequence[str] | None = None):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"data file {path} does not exist (config.data.root).")
@@ -326,16 +361,22 @@ class NpzSource:
                 f"{path}: 'images' must be a non-empty uint8 array (N, H, W[, C]); "
                 f"got {images.dtype} {images.shape}."
             )
+        if images.shape[1] * images.shape[2] > validate.MAX_IMAGE_PIXELS:
+            raise DataError(f"{path}: images of {images.shape[2]}x{images.shape[1]} are too large.")
         if labels is not None and labels.shape != (len(images),):
             raise DataError(f"{path}: 'labels' shape {labels.shape} != ({len(images)},).")
         self.root = path
         self.images = images
         self.labels = (
-            np.full(len(images), UNLABELED, np.int32) if labels is None else labels.astype(np.int32)
+            np.full(len(images), UNLABELED, np.int32)
+            if labels is None
+            else validate.check_label_array(path, labels)
         )
-        self.class_names = [str(c) for c in sorted(set(self.labels[self.labels >= 0].tolist()))]
-        if "class_names" in extra:
-            self.class_names = [str(c) for c in extra["class_names"]]
+        names = class_names or (
+            [str(c) for c in extra["class_names"]] if "class_names" in extra else None
+        )
+        self.class_names = validate.check_class_ids(path, self.labels, names)
+        self.notes = validate.Notes()
         for key in ("keys", "groups"):
             if key in extra and extra[key].shape != (len(images),):
                 raise DataError(f"{path}: '{key}' shape {extra[key].shape} != ({len(images)},).")
@@ -352,12 +393,12 @@ class NpzSource:
 
 def source_keys(source) -> list[str]:
     """A stable id per record (file name, or row number for arrays): what manifests are made of."""
-    if hasattr(source, "keys"):  # CSV paths, NIfTI "volume:slice", TFDS record ids.
+    # CSV paths, NIfTI "volume:slice", TFDS record ids, a cache of a folder (its file names); an
+    # `.npz` without `keys` has `keys = None`.
+    if getattr(source, "keys", None) is not None:
         return list(source.keys)
     if hasattr(source, "files"):
         return [p.name for p in source.files]
-    if getattr(source, "keys", None) is not None:  # A cache of a folder: its file names.
-        return list(source.keys)
     return [f"{i:08d}" for i in range(len(source))]
 
 
@@ -379,21 +420,34 @@ class SubsetSource:
         return self.source[int(self.indices[i])]
 
 
-def open_source(root: str | None, *, channels: int | None = None, verify: bool = True):
+def open_source(
+    root: str | None,
+    *,
+    channels: int | None = None,
+    verify: bool = True,
+    class_names: Sequence[str] | None = None,
+    accept_label_warnings: bool = False,
+):
     """Opens a folder, `.npz` or `.csv` dataset; `root=None` means the embedded chest X-ray sample.
 
     A folder whose images are NIfTI volumes (`images/*.nii.gz`) gives their 2-D slices.
     """
-    if root is None:
-        root = SAMPLE_ROOT
+    root = SAMPLE_ROOT if root is None else os.path.expanduser(str(root))
+    labels = dict(class_names=class_names, accept_label_warnings=accept_label_warnings)
     if str(root).endswith(".npz"):
-        return NpzSource(root)
+        return NpzSource(root, class_names=class_names)
     if str(root).endswith(".csv"):
-        return CsvSource(root, channels=channels, verify=verify)
+        return CsvSource(root, channels=channels, verify=verify, **labels)
     folder = Path(root) / "images" if (Path(root) / "images").is_dir() else Path(root)
     if folder.is_dir() and any(medical.is_nifti(p) for p in folder.iterdir()):
         return medical.NiftiSource(root)
-    return FolderSource(root, channels=channels, verify=verify)
+    return FolderSource(root, channels=channels, verify=verify, **labels)
+
+
+def notes_of(source) -> list[str]:
+    """What the user should hear about a source that opened fine (e.g. images without patient id)."""
+    notes = getattr(source, "notes", None)
+    return list(notes.items) if notes is not None else []
 
 
 def open_from_config(data) -> object:
@@ -410,4 +464,25 @@ def open_from_config(data) -> object:
         return tfds_builders.TfdsSource(
             name, data_dir=data.get("tfds_data_dir"), split=data.get("tfds_split") or "train"
         )
-    return open_source(data.root, channels=data.channels, verify=data.verify)
+    accept = bool(data.get("accept_label_warnings", False))
+    source = open_source(
+        data.root,
+        channels=data.channels,
+        verify=data.verify,
+        class_names=validate.class_names_of(data),
+        accept_label_warnings=accept,
+    )
+    validate.check_no_empty_class(source, explicit=validate.class_names_of(data) is not None)
+    return source
+
+
+def open_eval_from_config(data, train_source) -> object:
+    """`config.data.eval_root`, read with the training source's channels and class names (so a test
+    folder holding only some of the classes numbers them as training does)."""
+    return open_source(
+        data.eval_root,
+        channels=train_source.channels,
+        verify=data.verify,
+        class_names=validate.class_names_of(data) or list(train_source.class_names) or None,
+        accept_label_warnings=bool(data.get("accept_label_warnings", False)),
+    )

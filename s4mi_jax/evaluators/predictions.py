@@ -49,17 +49,35 @@ def write_csv(
         return
     if len(files) != len(probs):
         raise ValueError(f"{len(files)} files but {len(probs)} rows of probabilities")
-    header = ["file", *(["label"] if labels is not None else []), "predicted"]
-    header += [f"prob_{c}" for c in class_names]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for i, (name, p) in enumerate(zip(files, probs, strict=True)):
-            pred = class_text(p if multilabel else np.argmax(p), class_names, multilabel)
-            label = [class_text(labels[i], class_names, multilabel)] if labels is not None else []
-            writer.writerow([name, *label, pred, *(f"{v:.17g}" for v in p)])
+        writer.writerow(csv_header(class_names, labels is not None))
+        writer.writerows(csv_rows(files, probs, class_names, multilabel=multilabel, labels=labels))
     os.replace(tmp, path)
+
+
+def csv_header(class_names: Sequence[str], with_labels: bool = False) -> list[str]:
+    """`file[,label],predicted,prob_<class>...`: the columns of every predictions CSV."""
+    header = ["file", *(["label"] if with_labels else []), "predicted"]
+    return header + [f"prob_{c}" for c in class_names]
+
+
+def csv_rows(
+    files: Sequence[str],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    multilabel: bool,
+    labels: np.ndarray | None = None,
+) -> list[list[str]]:
+    """The rows under `csv_header` (17 significant digits: probabilities read back exactly)."""
+    rows = []
+    for i, (name, p) in enumerate(zip(files, probs, strict=True)):
+        pred = class_text(p if multilabel else np.argmax(p), class_names, multilabel)
+        label = [class_text(labels[i], class_names, multilabel)] if labels is not None else []
+        rows.append([name, *label, pred, *(f"{v:.17g}" for v in p)])
+    return rows
 
 
 def read_csv(path: str) -> tuple[list[str], np.ndarray, list[str]]:

@@ -36,8 +36,7 @@ from s4mi_jax.data import augment, device_augment, manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
-    open_from_config,
-    open_source,
+    open_eval_from_config,
     source_keys,
 )
 from s4mi_jax.errors import ConfigError, DataError
@@ -131,24 +130,20 @@ def model_setup(
 
 def load_splits(config: ml_collections.ConfigDict):
     """(source, manifest, train/val/test sources); validates the data before anything is written."""
-    source = open_from_config(config.data)
-    labeled = is_labeled(source.labels)
-    if not labeled.any():
-        raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
-    manifest = manifests.make_manifest(
-        source_keys(source),
-        source.labels,
-        source.groups,
-        fraction=config.label_fraction,
-        seed=config.seed,
-        split_seed=config.data.split_seed,
-        val_fraction=config.data.val_fraction,
-        test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
+    source, manifest, notes = manifests.open_and_split(
+        config.data, fraction=config.label_fraction, seed=config.seed
     )
-    if config.data.eval_root:
-        test_source = open_source(
-            config.data.eval_root, channels=source.channels, verify=config.data.verify
+    if manifest is None:
+        raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
+    if np.asarray(source.labels).ndim == 1 and len(source.class_names) < 2:
+        raise DataError(
+            f"{source.root}: every labeled image is class {source.class_names[0]!r}; a classifier "
+            "needs at least 2 classes (or name them all in config.data.class_names)."
         )
+    for note in notes:
+        log(note)
+    if config.data.eval_root:
+        test_source = open_eval_from_config(config.data, source)
         test = SubsetSource(test_source, np.flatnonzero(is_labeled(test_source.labels)))
     else:
         test = SubsetSource(source, manifest.test)
@@ -234,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_count=jax.process_count(),
     )
 
-    prepare_workdir(workdir, config)
+    eval_src = test_src if config.data.eval_root else None
+    prepare_workdir(workdir, config, data={"dataset": source, "eval_dataset": eval_src})
     manifest.save(os.path.join(workdir, "manifest.json"))
     checkpointer = Checkpointer.for_run(workdir, config)
     best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
@@ -251,6 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_path = os.path.join(workdir, "init_from.json")
     if resume_step is not None:
         state = checkpointer.restore(abstract_state, data_iter)
+        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
         log(f"resumed from step {resume_step} in {checkpointer.directory}")
     else:
         state = init()

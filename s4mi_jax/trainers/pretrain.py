@@ -29,9 +29,7 @@ from s4mi_jax.data import device_augment, manifests, pipeline
 from s4mi_jax.data.sources import (
     SubsetSource,
     is_labeled,
-    open_from_config,
-    open_source,
-    source_keys,
+    open_eval_from_config,
 )
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features
@@ -125,25 +123,14 @@ def load_data_and_manifest(config: ml_collections.ConfigDict):
     `test_fraction`), so pretraining never sees a validation or test patient of the label-fraction
     experiments that start from it; the probe trains on the training pool and tests on the test split.
     """
-    source = open_from_config(config.data)
-    labeled = is_labeled(source.labels)
-    if not labeled.any():  # Unlabeled data: pretraining only, nothing to probe.
+    source, manifest, notes = manifests.open_and_split(config.data, fraction=1.0, seed=config.seed)
+    for note in notes:
+        log(note)
+    if manifest is None:  # Unlabeled data: pretraining only, nothing to probe.
         return source, None, None, None
-    manifest = manifests.make_manifest(
-        source_keys(source),
-        source.labels,
-        source.groups,
-        fraction=1.0,
-        seed=config.seed,
-        split_seed=config.data.split_seed,
-        val_fraction=config.data.val_fraction,
-        test_fraction=0.0 if config.data.eval_root else config.data.test_fraction,
-    )
     pretrain = SubsetSource(source, np.union1d(manifest.train_pool, manifest.unlabeled))
     if config.data.eval_root:
-        test = open_source(
-            config.data.eval_root, channels=source.channels, verify=config.data.verify
-        )
+        test = open_eval_from_config(config.data, source)
         test_labeled = np.flatnonzero(is_labeled(test.labels))
         if len(test_labeled) == 0:
             raise DataError(
@@ -214,7 +201,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     step_fn = train_state.jit_step(p.step, train_state.shardings_of(abstract_state), mesh)
     data_iter = train_iterator(config, source, p.transform, local_batch)
 
-    prepare_workdir(workdir, config)
+    eval_src = probe_test if config.data.eval_root else None
+    prepare_workdir(workdir, config, data={"dataset": source, "eval_dataset": eval_src})
     checkpointer = Checkpointer.for_run(workdir, config)
     resume_step = checkpointer.latest_step()
     results = {}
@@ -222,6 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
     probing = config.eval.linear_probe and probe_train is not None
     if resume_step is not None:
         state = checkpointer.restore(abstract_state, data_iter)
+        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
         log(f"resumed from step {resume_step} in {checkpointer.directory}")
         if os.path.exists(init_path):
             with open(init_path) as f:

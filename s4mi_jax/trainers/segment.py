@@ -340,6 +340,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
     init_path = os.path.join(workdir, "init_from.json")
     if resume_step is not None:
         state = checkpointer.restore(abstract_state, data_iter)
+        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
         log(f"resumed from step {resume_step} in {checkpointer.directory}")
     else:
         state = init()
