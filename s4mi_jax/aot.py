@@ -30,7 +30,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from s4mi_jax.cli import parse_flags
-from s4mi_jax.core import sharding, train_state
+from s4mi_jax.core import compile_cache, sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.errors import ConfigError, S4MIError
 
@@ -43,6 +43,7 @@ _TOPOLOGY = flags.DEFINE_string(
 )
 _JSON = flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
 flags.mark_flags_as_required(["config"])
+compile_cache.define_flag()
 
 
 def topology_devices(name: str) -> list[Any]:
@@ -122,6 +123,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _DEVICES.value is not None and _TOPOLOGY.value is not None:
         raise app.UsageError("give --devices or --topology, not both")
+    compile_cache.enable_from_flag()
     try:
         config = _CONFIG.value
         devices = None

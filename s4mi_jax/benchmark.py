@@ -41,7 +41,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from s4mi_jax.cli import parse_flags
-from s4mi_jax.core import sharding, train_state
+from s4mi_jax.core import compile_cache, sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.core.metric_writer import run_environment
 from s4mi_jax.errors import ConfigError, S4MIError
@@ -275,6 +275,7 @@ def run(
         "e2e_views_per_s": steps * examples * views / e2e_s,
         "e2e_over_synthetic": synthetic_s / e2e_s,
         "compile_s": compile_s,
+        "compile_cache": jax.config.jax_compilation_cache_dir,  # A warm cache: compile_s is a load.
         "flops_per_step": flops * n_dev,
         "gflops_per_step": flops * n_dev / 1e9,
         "achieved_flops_per_s": flops * n_dev / step_s,
@@ -354,12 +355,14 @@ def define_flags() -> None:
         "table", None, "Append the result as a row to this Markdown file."
     )
     flags.mark_flags_as_required(["config"])
+    compile_cache.define_flag()
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     steps, warmup = (2, 1) if F["quick"].value else (F["steps"].value, F["warmup"].value)
+    compile_cache.enable_from_flag()  # compile_s is then a cache hit on reruns: --compile_cache=off
     try:
         result = run(
             F["config"].value,

@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from s4mi_jax.core import sharding
+from s4mi_jax.core import compile_cache, sharding
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.data.sources import READABLE_EXTENSIONS, read_image
 from s4mi_jax.errors import ConfigError, S4MIError
@@ -450,6 +450,7 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "network", None, "Cross teaching: cnn (the U-Net, default) | transformer (the Swin-UNet)."
     )
+    compile_cache.define_flag()
 
 
 def main(argv: list[str]) -> None:
@@ -460,6 +461,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir, --input and --output are required")
     if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the report.
         logging.set_verbosity(logging.ERROR)
+    compile_cache.enable_from_flag()
     try:
         report = run(
             f.workdir,
