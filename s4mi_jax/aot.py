@@ -16,7 +16,7 @@ the target; temporary buffers and FLOPs are XLA:CPU's, a guide for TPU/GPU, not 
 compiler, which needs `libtpu` installed (`pip install 'jax[tpu]'`); the CPU machine needs no TPU.
 
 A step that does not fit (XLA's `RESOURCE_EXHAUSTED` at compile) is one line: bytes needed and
-available per device, and what would fit: how many chips at this global batch (an estimate: the
+available per device, and what would fit: how many devices at this global batch (an estimate: the
 activations scale with the per-chip batch), the largest per-chip batch that compiles (found by
 compiling smaller ones, `--fit_search`; each failing compile is quick, the fitting one is a full
 compile), and `--config.model.remat=True` where the model has it and it is off.
@@ -169,7 +169,7 @@ def explain_fit(
     if error.needed and error.available:
         ratio = error.needed / error.available
         chips = n * 2 ** math.ceil(math.log2(ratio)) if ratio > 1 else n
-        options.append(f"~{chips} chips at this global batch {config.batch_size} (estimate)")
+        options.append(f"~{chips} devices at this global batch {config.batch_size} (estimate)")
         estimate = max(1, int(per_chip / ratio))
     found, tried = None, []
     candidate = min(per_chip // 2, 2 ** int(math.log2(max(1, estimate))))

@@ -50,7 +50,7 @@ def test_oom_at_compile_is_one_line_with_what_fits(monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("s4mi_jax.aot: error: does not fit: HLO temporaries need 43.08 GiB per ")
     assert "15.75 GiB available (per-device batch 8 on 8 device(s))" in err
-    assert "~32 chips at this global batch 64 (estimate)" in err  # 43.08 / 15.75 -> x4 chips.
+    assert "~32 devices at this global batch 64 (estimate)" in err  # 43.08 / 15.75 -> x4.
     assert "a per-chip batch <= 2 (global 16; compiled: fits)" in err
     assert "--config.model.remat=True" in err
     assert calls == [8, 2]  # The step as asked, then 8 / 2.73 -> 2: one real compile that fits.
