@@ -72,6 +72,7 @@ def encoder_config(name: str = "resnet18", **kw) -> ml_collections.ConfigDict:
             num_heads=3,
             mlp_ratio=4.0,
             drop_path=0.0,
+            remat=False,  # Activation checkpointing per block: less memory, ~1.3x compute.
         )
     )
     cfg.update(kw)

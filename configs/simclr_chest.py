@@ -40,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ckpt_every = 100
     config.eval = dict(
         linear_probe=True,
-        probe_at_init=True,  # Also probe the random-init encoder: the baseline SimCLR must beat.
+        # Also probe the random-init encoder (the baseline SimCLR must beat). It runs after training,
+        # on the re-created initial state, so it never delays step 1 (trainers/pretrain.py).
+        probe_at_init=True,
         batch_size=64,
         l2=1e-3,
     )

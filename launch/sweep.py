@@ -87,6 +87,12 @@ _CELL_OVERRIDES = flags.DEFINE_multi_string(
     "cell_override", [], "Extra `key=value` config overrides for every classification cell."
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache",
+    None,
+    "Compilation cache shared by every run of the sweep (S4MI_COMPILE_CACHE), or 'off'. Default: "
+    "the user's cache folder (s4mi_jax/core/compile_cache.py): cells of one config compile once.",
+)
 
 
 def _config_arg(path: str, variant: str, **kw) -> str:
@@ -160,6 +166,9 @@ def main(argv: list[str]) -> None:
         cell_overrides=_CELL_OVERRIDES.value,
         cell_config=_CELL_CONFIG.value,
     )
+    env = dict(os.environ)
+    if _COMPILE_CACHE.value is not None:
+        env["S4MI_COMPILE_CACHE"] = _COMPILE_CACHE.value
     for i, (workdir, args) in enumerate(runs, start=1):
         command = [sys.executable, "-m", "s4mi_jax.main", *args]
         done = os.path.exists(os.path.join(workdir, "results.json"))
@@ -169,7 +178,7 @@ def main(argv: list[str]) -> None:
         )
         if done or _DRY_RUN.value:
             continue
-        result = subprocess.run(command)
+        result = subprocess.run(command, env=env)
         if result.returncode != 0:
             sys.exit(
                 f"run failed (exit {result.returncode}): {workdir}; rerun to resume the sweep."

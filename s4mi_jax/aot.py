@@ -14,12 +14,21 @@ XLA's argument / output / temporary buffers and their peak estimate, and the ste
 the target; temporary buffers and FLOPs are XLA:CPU's, a guide for TPU/GPU, not a measurement).
 `--topology=NAME` compiles for a Cloud TPU topology (e.g. `v5e:2x2`, `v4:2x2x2`) with XLA:TPU's own
 compiler, which needs `libtpu` installed (`pip install 'jax[tpu]'`); the CPU machine needs no TPU.
+
+A step that does not fit (XLA's `RESOURCE_EXHAUSTED` at compile) is one line: bytes needed and
+available per device, and what would fit: how many devices at this global batch (an estimate: the
+activations scale with the per-chip batch), the largest per-chip batch that compiles (found by
+compiling smaller ones, `--fit_search`; each failing compile is quick, the fitting one is a full
+compile), and `--config.model.remat=True` where the model has it and it is off.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
+import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +39,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from s4mi_jax.cli import parse_flags
-from s4mi_jax.core import sharding, train_state
+from s4mi_jax.core import compile_cache, sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.errors import ConfigError, S4MIError
 
@@ -42,7 +51,14 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "Cloud TPU topology to compile for, e.g. v5e:2x2 (needs libtpu)."
 )
 _JSON = flags.DEFINE_string("json", None, "Also write the report to this JSON file.")
+_FIT_SEARCH = flags.DEFINE_integer(
+    "fit_search",
+    4,
+    "When the step does not fit: compile up to this many smaller per-chip batches to find one that "
+    "does (0: no search, the message then gives an estimate only).",
+)
 flags.mark_flags_as_required(["config"])
+compile_cache.define_flag()
 
 
 def topology_devices(name: str) -> list[Any]:
@@ -59,6 +75,52 @@ def topology_devices(name: str) -> list[Any]:
         ) from None
 
 
+_SIZE = r"([0-9.]+)\s*([KMGT]i?B?|B)?"
+# XLA:TPU: "... the total memory required for HLO temporaries (43.08G) exceeds available HBM (15.75G)."
+_TPU_OOM = re.compile(
+    rf"required for (?P<what>[^()]+?) \({_SIZE}\) exceeds available (?:HBM )?\({_SIZE}\)"
+)
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes(number: str, unit: str | None) -> int:
+    return int(float(number) * _UNITS[(unit or "").rstrip("iB")[:1]])
+
+
+class DoesNotFit(S4MIError):
+    """The compiled step needs more memory per device than the device has."""
+
+    def __init__(self, xla_message: str, per_device_batch: int, devices: int):
+        self.xla_message = xla_message.strip().splitlines()[0] if xla_message.strip() else ""
+        self.per_device_batch, self.devices = per_device_batch, devices
+        m = _TPU_OOM.search(xla_message)
+        self.what = m.group("what") if m else "the step"
+        self.needed = _bytes(m.group(2), m.group(3)) if m else None
+        self.available = _bytes(m.group(4), m.group(5)) if m else None
+        self.fits: str | None = None  # What would fit, filled in by `explain_fit`.
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        if self.needed is not None:
+            head = (
+                f"does not fit: {self.what} need {_gib(self.needed)} per device, "
+                f"{_gib(self.available)} available"
+            )
+        else:
+            head = f"does not fit ({self.xla_message})"
+        head += f" (per-device batch {self.per_device_batch} on {self.devices} device(s))"
+        return head + (f". What would fit: {self.fits}" if self.fits else "")
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _compile(lowered: Any) -> Any:
+    """`lowered.compile()`; XLA's out-of-memory at compile becomes `DoesNotFit` (by the caller)."""
+    return lowered.compile()
+
+
 def analyze(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> dict:
     """Lowers and compiles `config`'s train step for a mesh over `devices`; returns the report."""
     module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
@@ -72,7 +134,13 @@ def analyze(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = N
     step_fn, abstract_state, abstract_batch = module.aot_setup(config, mesh)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=sharding.replicated(mesh))
     jitted = train_state.jit_step(step_fn, train_state.shardings_of(abstract_state), mesh)
-    compiled = jitted.lower(abstract_state, abstract_batch, rng).compile()
+    try:
+        compiled = _compile(jitted.lower(abstract_state, abstract_batch, rng))
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        n = int(mesh.devices.size)
+        raise DoesNotFit(str(e), config.batch_size // n, n) from None
     report = {
         "trainer": config.trainer,
         "platform": mesh.devices.flat[0].platform,
@@ -86,6 +154,51 @@ def analyze(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = N
     }
     report.update(compiled_stats(compiled))
     return report
+
+
+def explain_fit(
+    config: ml_collections.ConfigDict,
+    devices: Sequence[Any] | None,
+    error: DoesNotFit,
+    search: int,
+) -> DoesNotFit:
+    """Fills `error.fits` with what would fit; compiles up to `search` smaller per-chip batches."""
+    options = []
+    per_chip, n = error.per_device_batch, error.devices
+    estimate = per_chip
+    if error.needed and error.available:
+        ratio = error.needed / error.available
+        chips = n * 2 ** math.ceil(math.log2(ratio)) if ratio > 1 else n
+        options.append(f"~{chips} devices at this global batch {config.batch_size} (estimate)")
+        estimate = max(1, int(per_chip / ratio))
+    found, tried = None, []
+    candidate = min(per_chip // 2, 2 ** int(math.log2(max(1, estimate))))
+    while search > 0 and candidate >= 1:
+        search -= 1
+        small = copy.deepcopy(config)
+        small.batch_size = candidate * n
+        try:
+            analyze(small, devices)
+            found = candidate
+            break
+        except DoesNotFit:
+            tried.append(candidate)
+            candidate //= 2
+    if found is not None:
+        options.append(
+            f"a per-chip batch <= {found} (global {found * n}; compiled: fits"
+            + (f", {max(tried)} does not" if tried else "")
+            + ")"
+        )
+    elif tried:
+        options.append(f"a per-chip batch < {min(tried)} (compiled {tried}: none fits)")
+    elif per_chip > 1:
+        options.append(f"a per-chip batch <= {max(1, estimate)} (estimate, not compiled)")
+    if not config.get("model", {}).get("remat", False):
+        options.append("--config.model.remat=True (activation checkpointing; not compiled)")
+    error.fits = "; ".join(options) if options else None
+    error.args = (error.one_line(),)
+    return error
 
 
 def _mib(n: int) -> str:
@@ -122,6 +235,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _DEVICES.value is not None and _TOPOLOGY.value is not None:
         raise app.UsageError("give --devices or --topology, not both")
+    compile_cache.enable_from_flag()
     try:
         config = _CONFIG.value
         devices = None
@@ -131,7 +245,10 @@ def main(argv: list[str]) -> None:
             # Before the backend starts: N simulated CPU devices, whatever accelerator is attached.
             jax.config.update("jax_platforms", "cpu")
             jax.config.update("jax_num_cpu_devices", _DEVICES.value)
-        report = analyze(config, devices)
+        try:
+            report = analyze(config, devices)
+        except DoesNotFit as e:
+            raise explain_fit(config, devices, e, _FIT_SEARCH.value) from None
     except S4MIError as e:
         print(f"s4mi_jax.aot: error: {str(e).split(chr(10) + '----')[0]}", file=sys.stderr)
         sys.exit(2)

@@ -41,9 +41,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from s4mi_jax.cli import parse_flags
-from s4mi_jax.core import sharding, train_state
+from s4mi_jax.core import compile_cache, sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.core.metric_writer import run_environment
+from s4mi_jax.data.prefetch import DevicePrefetch
 from s4mi_jax.errors import ConfigError, S4MIError
 from s4mi_jax.trainers import pretrain, segment
 
@@ -156,10 +157,13 @@ def run(
     steps: int = 20,
     warmup: int = 3,
     name: str = "",
+    prefetch: int | None = None,
 ) -> dict:
     """Measures `config` (a SimCLR/DINO/CASS config) on this machine's devices; returns the result.
 
-    `steps` timed steps each for synthetic (half before, half after end to end) and end to end."""
+    `steps` timed steps each for synthetic (half before, half after end to end) and end to end.
+    `prefetch`: batches the loop's reader thread keeps on the devices (core/loop.py; 0: none, the
+    batch is read and put on the devices on the loop's thread; None: the loop's default)."""
     module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
     if not hasattr(module, "method"):
         raise ConfigError(
@@ -215,7 +219,7 @@ def run(
     def steps_on(state, batches, n):
         metrics = None
         for i in range(n):
-            b = batch if batches is None else sharding.put_batch(next(batches), mesh)
+            b = batch if batches is None else next(batches)
             b = {k: b[k] for k in fields}
             state, metrics = compiled(state, b, jax.random.fold_in(state.rng, i))
         jax.block_until_ready((state, metrics))
@@ -229,12 +233,19 @@ def run(
     t = time.perf_counter()
     state, _ = steps_on(state, None, first)
     synthetic_s = time.perf_counter() - t
-    data = iterator()
+    host = iterator()
+
+    def put(b):
+        return sharding.put_batch(b, mesh)
+
+    data = DevicePrefetch(host, put, prefetch)
+    prefetch = data.depth
     state, _ = steps_on(state, data, warmup)
     t = time.perf_counter()
     state, metrics = steps_on(state, data, steps)
     e2e_s = time.perf_counter() - t
-    _close(data)
+    data.close()
+    _close(host)
     t = time.perf_counter()
     state, _ = steps_on(state, None, steps - first)
     synthetic_s += time.perf_counter() - t
@@ -267,6 +278,7 @@ def run(
         "compute_dtype": dtype,
         "steps": steps,
         "warmup": warmup,
+        "prefetch_to_device": prefetch,
         "host_examples_per_s": steps * examples / host_s,
         "synthetic_step_ms": 1e3 * step_s,
         "synthetic_examples_per_s": steps * examples / synthetic_s,
@@ -275,6 +287,7 @@ def run(
         "e2e_views_per_s": steps * examples * views / e2e_s,
         "e2e_over_synthetic": synthetic_s / e2e_s,
         "compile_s": compile_s,
+        "compile_cache": jax.config.jax_compilation_cache_dir,  # A warm cache: compile_s is a load.
         "flops_per_step": flops * n_dev,
         "gflops_per_step": flops * n_dev / 1e9,
         "achieved_flops_per_s": flops * n_dev / step_s,
@@ -349,23 +362,32 @@ def define_flags() -> None:
     F["warmup"] = flags.DEFINE_integer(
         "warmup", 3, "Untimed steps/batches before the measurements."
     )
+    F["prefetch"] = flags.DEFINE_integer(
+        "prefetch",
+        None,
+        "Batches read ahead onto the devices in a thread (0: none). Default: the training loop's "
+        "(data/prefetch.py: 2 on GPU/TPU, 0 on CPU).",
+    )
     F["json"] = flags.DEFINE_string("json", None, "Write the result to this JSON file.")
     F["table"] = flags.DEFINE_string(
         "table", None, "Append the result as a row to this Markdown file."
     )
     flags.mark_flags_as_required(["config"])
+    compile_cache.define_flag()
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     steps, warmup = (2, 1) if F["quick"].value else (F["steps"].value, F["warmup"].value)
+    compile_cache.enable_from_flag()  # compile_s is then a cache hit on reruns: --compile_cache=off
     try:
         result = run(
             F["config"].value,
             steps=steps,
             warmup=warmup,
             name=_config_name(sys.argv[1:]),
+            prefetch=F["prefetch"].value,
         )
     except S4MIError as e:
         print(f"s4mi_jax.benchmark: error: {str(e).split(chr(10) + '----')[0]}", file=sys.stderr)

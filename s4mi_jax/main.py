@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from s4mi_jax import trainers
 from s4mi_jax.cli import one_line, parse_flags
-from s4mi_jax.core import distributed
+from s4mi_jax.core import compile_cache, distributed
 from s4mi_jax.core.loop import log
 from s4mi_jax.data import validate
 from s4mi_jax.errors import S4MIError
@@ -34,6 +34,7 @@ _WORKDIR = flags.DEFINE_string(
     "Run folder (checkpoints, metrics.jsonl, results.json). Default: runs/<config>.",
 )
 flags.mark_flags_as_required(["config"])
+compile_cache.define_flag()
 # Multi-process runs (core/distributed.py). Unset: JAX_* environment variables, then JAX's detection
 # (Cloud TPU VM, Slurm, Open MPI), else a single process.
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -72,6 +73,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # Orbax/Grain INFO logs drown the progress lines.
         logging.set_verbosity(logging.WARNING)
+    compile_cache.enable_from_flag()  # Warm start: reruns and sweep cells skip recompiling.
     try:  # Before anything starts a JAX backend (log() does).
         distributed.initialize(
             distributed.Settings(

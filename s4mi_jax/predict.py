@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from s4mi_jax.core import sharding
+from s4mi_jax.core import compile_cache, sharding
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.metric_writer import read_config_json
 from s4mi_jax.data.sources import READABLE_EXTENSIONS, read_image
@@ -501,6 +501,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Cross teaching: cnn (the U-Net, default) | transformer (the Swin-UNet).",
         **fv,
     )
+    compile_cache.define_flag()
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -511,6 +512,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
         raise app.UsageError("--workdir, --input and --output are required")
     if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the report.
         logging.set_verbosity(logging.ERROR)
+    compile_cache.enable_from_flag()
     try:
         report = run(
             f.workdir,

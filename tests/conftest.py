@@ -19,6 +19,8 @@ _CACHE = os.environ.get(
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Commands the tests start as subprocesses use the same cache, not the user's (core/compile_cache.py).
+os.environ.setdefault("S4MI_COMPILE_CACHE", os.path.abspath(_CACHE))
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS(sys.argv[:1])

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from s4mi_jax.core import collapse, sharding
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.metric_writer import MetricWriter
+from s4mi_jax.data.prefetch import DevicePrefetch
 from s4mi_jax.errors import S4MIError
 
 
@@ -122,9 +123,12 @@ def train_loop(
     preempted = False
     # Under jax.distributed, JAX's own SIGTERM handler feeds the preemption sync point: keep it.
     multi = jax.distributed.is_initialized()
-    with _SigtermFlag(install=not multi) as sigterm:
+    # The next batches are read and put on the devices in a thread while the step runs; a save
+    # rewinds the host iterator to the batches consumed (data/prefetch.py), so resume stays exact.
+    put = lambda b: sharding.put_batch(b, mesh)  # noqa: E731
+    with _SigtermFlag(install=not multi) as sigterm, DevicePrefetch(data_iter, put) as batches:
         while step < total_steps:
-            batch = sharding.put_batch(next(data_iter), mesh)
+            batch = next(batches)
             state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
             step += 1
             bad = metrics.pop("nonfinite", None)
@@ -189,13 +193,13 @@ def train_loop(
 
             synced = multi and multihost_utils.reached_preemption_sync_point(step)
             if sigterm.raised or synced or step == halt_at_step:
-                checkpointer.save(step, state, data_iter, meta)
+                checkpointer.save(step, state, batches.rewound(), meta)
                 checkpointer.wait()  # Say "saved" only once it is (a full disk raises here).
                 why = "SIGTERM" if sigterm.raised or synced else "config.halt_at_step"
                 log(f"{why}: saved checkpoint at step {step}; rerun the same command to resume.")
                 preempted = True
                 break
             if itstime(step, ckpt_every, total_steps):
-                checkpointer.save(step, state, data_iter, meta)
+                checkpointer.save(step, state, batches.rewound(), meta)
     checkpointer.wait()
     return state, preempted

@@ -60,6 +60,7 @@ def _build_vit(cfg: Any, in_channels: int, dtype: Any, rngs: nnx.Rngs) -> ViT:
         drop_path_rate=float(cfg.get("drop_path", 0.0)),
         dtype=dtype,
         param_dtype=param_dtype_for(dtype),
+        remat=bool(cfg.get("remat", False)),
         rngs=rngs,
     )
 
@@ -83,6 +84,7 @@ def build_encoder(cfg: Any, in_channels: int, rngs: nnx.Rngs) -> nnx.Module:
         stem=stem,
         dtype=dtype,
         param_dtype=param_dtype_for(dtype),
+        remat=bool(cfg.get("remat", False)),
         rngs=rngs,
     )
 

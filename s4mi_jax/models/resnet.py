@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from s4mi_jax.models import remat
 from s4mi_jax.models.dtypes import at_least_float32
 
 BN_MOMENTUM = 0.9
@@ -200,6 +201,7 @@ class ResNet(nnx.Module):
         zero_init_residual: bool = True,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         if block not in _BLOCK_TYPES:
@@ -209,6 +211,7 @@ class ResNet(nnx.Module):
         block_cls = _BLOCK_TYPES[block]
         self.dtype = dtype
         self.stem = stem
+        self.remat = remat  # Recompute each block's activations in the backward pass (remat.py).
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         if stem == "imagenet":
@@ -247,7 +250,7 @@ class ResNet(nnx.Module):
         if self.stem == "imagenet":
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, blk in enumerate(self.blocks):
-            x = blk(x)
+            x = remat.call(blk, x, remat=self.remat)
             if i + 1 in self.stage_ends:
                 maps.append(x)
         return maps

@@ -41,7 +41,9 @@ def build_segmenter(cfg: Any, in_channels: int, num_classes: int, rngs: nnx.Rngs
                 f"{len(rates)}"
             )
         channels = tuple(w * 2**i for i in range(levels))
-        return UNet(in_channels, num_classes, channels, rates[:levels], **kw)
+        return UNet(
+            in_channels, num_classes, channels, rates[:levels], remat=bool(cfg.get("remat")), **kw
+        )
     if cfg.name == "swin_unet":
         try:
             return SwinUNet(

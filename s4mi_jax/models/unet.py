@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from s4mi_jax.models import remat
 from s4mi_jax.models.dtypes import at_least_float32
 from s4mi_jax.models.resnet import batch_norm
 
@@ -93,10 +94,12 @@ class UNet(nnx.Module):
         *,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
+        self.remat = remat  # Recompute each block's activations in the backward pass (remat.py).
         ch = list(channels)
         self.down = nnx.List(
             [
@@ -124,11 +127,11 @@ class UNet(nnx.Module):
         for i, block in enumerate(self.down):
             if i > 0:
                 x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-            x = block(x, rngs[i])
+            x = remat.call(block, x, rngs[i], remat=self.remat)
             skips.append(x)
         x = skips.pop()
         for block in self.up:
-            x = block(x, skips.pop())
+            x = remat.call(block, x, skips.pop(), remat=self.remat)
         return self.out(x).astype(at_least_float32(self.dtype))
 
 
@@ -171,7 +174,7 @@ class EncoderUNet(nnx.Module):
         skips = self.encoder.feature_maps(x)
         y = skips.pop()
         for block in self.up:
-            y = block(y, skips.pop())
+            y = remat.call(block, y, skips.pop(), remat=getattr(self.encoder, "remat", False))
         if self.final_up is not None:
             y = nnx.leaky_relu(self.final_up(y), 0.01)
         return self.out(y).astype(at_least_float32(self.dtype))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from s4mi_jax.models import remat
 from s4mi_jax.models.dtypes import at_least_float32
 
 # (embed_dim, depth, num_heads): the DeiT/timm presets.
@@ -125,6 +126,7 @@ class ViT(nnx.Module):
         drop_path_rate: float = 0.0,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         if image_size % patch_size:
@@ -132,6 +134,7 @@ class ViT(nnx.Module):
                 f"image_size {image_size} is not a multiple of patch_size {patch_size}"
             )
         self.patch_size = patch_size
+        self.remat = remat  # Recompute each block's activations in the backward pass (remat.py).
         self.grid = image_size // patch_size
         self.dtype = dtype
         self.feature_dim = embed_dim
@@ -194,6 +197,6 @@ class ViT(nnx.Module):
             else [None] * len(self.blocks)
         )
         for block, key in zip(self.blocks, keys, strict=True):
-            x = block(x, key)
+            x = remat.call(block, x, key, remat=self.remat)
         out = self.norm(x[:, 0])
         return out.astype(at_least_float32(out.dtype))

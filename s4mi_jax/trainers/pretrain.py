@@ -224,14 +224,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
             log(f"{prefix} initialised from {init_from}: {name} (step {step})")
         if starts:
             write_json(os.path.join(workdir, "init_from.json"), starts)
-        if probing and config.eval.probe_at_init:
-            # The random-init encoder: the baseline pretraining must beat.
-            results.update(
-                _probe_all(
-                    config, method, graphdef, state, probe_train, probe_test, mesh, "probe_at_init"
-                )
-            )
-            write_json(init_path, results)
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log(
@@ -266,6 +258,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict
         for key, metrics in probes.items():
             name = key.replace("linear_probe", "probe")
             writer.write(int(state.step), {f"eval/{name}_{k}": v for k, v in metrics.items()})
+        if config.eval.probe_at_init and not os.path.exists(init_path):
+            # The random-init encoder, the baseline pretraining must beat: probed after training,
+            # not before step 1, so it never delays the first step and reuses the final probe's
+            # compiled programs; `init()` is a function of config.seed, so it is the same encoder.
+            at_init = _probe_all(
+                config, method, graphdef, init(), probe_train, probe_test, mesh, "probe_at_init"
+            )
+            write_json(init_path, at_init)
+            results.update(at_init)
     prov = provenance.record(
         config,
         t_start=t_start,
