@@ -4,8 +4,8 @@ closing linear probes, mean ± std over seeds, plus each sweep's linear-probe ce
     python benchmarks/ssl_readings.py runs/sweep_dino runs/sweep_cass runs/sweep_simclr runs/sweep_random
 
 Each argument is a `launch/sweep.py` folder: `pretrain/seed_*/` (metrics.jsonl, results.json) and
-`linear_probe/frac_*/seed_*/results.json`; a `runs/random_init_probe/seed_*` folder (runs halted at
-step 1 with `eval.probe_at_init=True`) gives the random-init encoder's closing-probe row.
+`linear_probe/frac_*/seed_*/results.json`; a `runs/random_init_probe/seed_*` folder (1-step runs with
+`eval.probe_at_init=True`) gives the random-init encoder's closing-probe row.
 """
 
 from __future__ import annotations
@@ -62,15 +62,16 @@ def main(sweeps: list[str]) -> None:
         for run in pre:
             res_path = os.path.join(run, "results.json")
             init_path = os.path.join(run, "probe_at_init.json")
-            if os.path.exists(res_path):
+            direct = os.path.dirname(run) == sweep.rstrip("/")  # <folder>/seed_*: a random-init row.
+            if direct and os.path.exists(init_path):
+                closing.append(json.load(open(init_path))["probe_at_init"]["auroc"])
+            elif os.path.exists(res_path):
                 res = json.load(open(res_path))
                 key = next((k for k in ("linear_probe", "linear_probe_cnn") if k in res), None)
                 if key:
                     closing.append(res[key]["auroc"])
-            elif os.path.exists(init_path):
-                closing.append(json.load(open(init_path))["probe_at_init"]["auroc"])
             metrics = os.path.join(run, "metrics.jsonl")
-            if os.path.exists(metrics) and os.path.exists(res_path):
+            if os.path.exists(metrics) and os.path.exists(res_path) and not direct:
                 row = _last_train_row(metrics)
                 for m in MONITORS:
                     if f"train/{m}" in row:
