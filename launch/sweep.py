@@ -87,12 +87,15 @@ _CELL_OVERRIDES = flags.DEFINE_multi_string(
     "cell_override", [], "Extra `key=value` config overrides for every classification cell."
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands only.")
-_COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache",
-    None,
-    "Compilation cache shared by every run of the sweep (S4MI_COMPILE_CACHE), or 'off'. Default: "
-    "the user's cache folder (s4mi_jax/core/compile_cache.py): cells of one config compile once.",
-)
+if "compile_cache" not in flags.FLAGS:  # s4mi_jax.core.compile_cache may have defined it.
+    flags.DEFINE_string(
+        "compile_cache",
+        None,
+        "Compilation cache shared by every run of the sweep (S4MI_COMPILE_CACHE), or 'off'. "
+        "Default: the user's cache folder (s4mi_jax/core/compile_cache.py): cells of one config "
+        "compile once.",
+    )
+_COMPILE_CACHE = flags.FlagHolder(flags.FLAGS, flags.FLAGS["compile_cache"])
 
 
 def _config_arg(path: str, variant: str, **kw) -> str:

@@ -36,16 +36,13 @@ from typing import Any
 import jax
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
-from s4mi_jax.cli import parse_flags
+from s4mi_jax.cli import config_file_flag, parse_flags
 from s4mi_jax.core import compile_cache, sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.errors import ConfigError, S4MIError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, as for s4mi_jax.main.", lock_config=True
-)
+_CONFIG = config_file_flag("Config file, as for s4mi_jax.main.")
 _DEVICES = flags.DEFINE_integer("devices", None, "Compile for this many simulated CPU devices.")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "Cloud TPU topology to compile for, e.g. v5e:2x2 (needs libtpu)."

@@ -39,3 +39,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, AttributeError, KeyError, ValueError, TypeError, SyntaxError) as e:
         print(f"s4mi_jax: error: bad config or flag: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def config_file_flag(help_text: str) -> flags.FlagHolder:
+    """`--config` (an ml_collections config file), defined once per process: `main` and `aot` both
+    take it, and a process may import both (the test suite does)."""
+    if "config" in flags.FLAGS:
+        return flags.FlagHolder(flags.FLAGS, flags.FLAGS["config"])
+    from ml_collections import config_flags
+
+    return config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)

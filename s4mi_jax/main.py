@@ -13,20 +13,16 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from s4mi_jax import trainers
-from s4mi_jax.cli import one_line, parse_flags
+from s4mi_jax.cli import config_file_flag, one_line, parse_flags
 from s4mi_jax.core import compile_cache, distributed
 from s4mi_jax.core.loop import log
 from s4mi_jax.data import validate
 from s4mi_jax.errors import S4MIError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Config file, e.g. configs/simclr_chest.py or configs/simclr_chest.py:local.",
-    lock_config=True,
+_CONFIG = config_file_flag(
+    "Config file, e.g. configs/simclr_chest.py or configs/simclr_chest.py:local."
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir",
