@@ -78,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.vit.update(embed_dim=32, depth=2, num_heads=2)
         config.model.head.update(hidden_dim=32, out_dim=16, logit_dim=64)
         # Smoke runs of the machinery start at random (they collapse; the alarm says so). The sweep
-        # in docs/methods.md passes SimCLR:local / DINO:local,vit workdirs instead.
+        # in docs/methods.md passes SimCLR:local / SimCLR:local,vit workdirs instead.
         config.model.cnn.init_from = "random"
         config.model.vit.init_from = "random"
         config.aug.image_size = 32

@@ -54,7 +54,9 @@ def config_file(method: str, cell_config: str = DEFAULT_CELL_CONFIG) -> str:
     return cell_config.format(method=method)
 
 
-_SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep.", required=True)
+# Not `required=True`: that registers a validator every absl parse in the process runs (the test suite
+# loads this file beside `s4mi_jax.main`); main() checks it instead.
+_SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep (required).")
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset folder (None: embedded sample).")
 _VARIANT = flags.DEFINE_string("variant", "local", "Config variant for every run ('' for default).")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.01", "0.1", "1.0"], "Label fractions.")
@@ -157,6 +159,8 @@ def plan(
 
 def main(argv: list[str]) -> None:
     del argv
+    if not _SWEEP_DIR.value:
+        raise app.UsageError("--sweep_dir is required: the sweep's output folder.")
     runs = plan(
         _SWEEP_DIR.value,
         data_root=_DATA_ROOT.value,
