@@ -62,7 +62,9 @@ def main(sweeps: list[str]) -> None:
         for run in pre:
             res_path = os.path.join(run, "results.json")
             init_path = os.path.join(run, "probe_at_init.json")
-            direct = os.path.dirname(run) == sweep.rstrip("/")  # <folder>/seed_*: a random-init row.
+            direct = os.path.dirname(run) == sweep.rstrip(
+                "/"
+            )  # <folder>/seed_*: a random-init row.
             if direct and os.path.exists(init_path):
                 closing.append(json.load(open(init_path))["probe_at_init"]["auroc"])
             elif os.path.exists(res_path):
