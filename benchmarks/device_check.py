@@ -45,7 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from s4mi_jax import aot, benchmark, trainers  # noqa: E402
-from s4mi_jax.core import compile_cache  # noqa: E402
+from s4mi_jax.core import compile_cache, run  # noqa: E402
 
 # (row, config file, variant, overrides, per-chip batch candidates (full run), per-chip batch (tiny)).
 ROWS: tuple[tuple[str, str, str, dict[str, Any], tuple[int, ...], int], ...] = (
@@ -224,7 +224,7 @@ def claim_run(args, simclr: dict | None) -> dict:
         pre.optim.warmup_epochs = 2.0
     pre.total_steps, pre.ckpt_every, pre.log_every = steps, steps, max(1, steps // 10)
     t = time.perf_counter()
-    pre_results = trainers.get("simclr")(pre, os.path.join(work, "pretrain"))
+    pre_results = run.run(pre, os.path.join(work, "pretrain"), trainers.get("simclr"))
     pretrain_s = time.perf_counter() - t
     cells = []
     for method in ("supervised", "finetune"):
@@ -243,7 +243,7 @@ def claim_run(args, simclr: dict | None) -> dict:
             if method == "finetune":
                 cfg.init_from = os.path.join(work, "pretrain")
             t = time.perf_counter()
-            res = trainers.get("classify")(cfg, os.path.join(work, f"{method}_{frac}"))
+            res = run.run(cfg, os.path.join(work, f"{method}_{frac}"), trainers.get("classify"))
             cells.append(
                 {
                     "method": method,

@@ -25,7 +25,6 @@ compile), and `--config.model.remat=True` where the model has it and it is off.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import re
@@ -37,8 +36,9 @@ import jax
 import ml_collections
 from absl import app, flags
 
+from s4mi_jax import trainers
 from s4mi_jax.cli import config_file_flag, parse_flags
-from s4mi_jax.core import compile_cache, sharding, train_state
+from s4mi_jax.core import compile_cache, run, sharding, train_state
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.errors import ConfigError, S4MIError
 
@@ -120,15 +120,10 @@ def _compile(lowered: Any) -> Any:
 
 def analyze(config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> dict:
     """Lowers and compiles `config`'s train step for a mesh over `devices`; returns the report."""
-    module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
-    if not hasattr(module, "aot_setup"):
-        raise ConfigError(
-            f"config.trainer={config.trainer!r} has no aot_setup(config, mesh): "
-            "the ahead-of-time check does not know its step yet."
-        )
+    trainer = trainers.get(config.trainer)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch_size(config.batch_size, mesh)
-    step_fn, abstract_state, abstract_batch = module.aot_setup(config, mesh)
+    step_fn, abstract_state, abstract_batch = run.aot_setup(config, mesh, trainer)
     rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=sharding.replicated(mesh))
     jitted = train_state.jit_step(step_fn, train_state.shardings_of(abstract_state), mesh)
     try:

@@ -40,13 +40,14 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from s4mi_jax import trainers
 from s4mi_jax.cli import parse_flags
 from s4mi_jax.core import compile_cache, sharding, train_state
+from s4mi_jax.core import run as core_run
 from s4mi_jax.core.compiled import compiled_stats
 from s4mi_jax.core.metric_writer import run_environment
 from s4mi_jax.data.prefetch import DevicePrefetch
-from s4mi_jax.errors import ConfigError, S4MIError
-from s4mi_jax.trainers import pretrain, segment
+from s4mi_jax.errors import S4MIError
 
 # Dense peak FLOP/s per chip by compute dtype (vendor data sheets; SXM parts for GPUs). Matched by
 # substring of `device.device_kind`, first match wins (so "v5 lite" precedes "v5").
@@ -164,41 +165,17 @@ def run(
     `steps` timed steps each for synthetic (half before, half after end to end) and end to end.
     `prefetch`: batches the loop's reader thread keeps on the devices (core/loop.py; 0: none, the
     batch is read and put on the devices on the loop's thread; None: the loop's default)."""
-    module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
-    if not hasattr(module, "method"):
-        raise ConfigError(
-            f"config.trainer={config.trainer!r}: the benchmark measures the pretraining trainers "
-            "(simclr, dino, cass) and the segmentation trainers (segment, fixmatch_seg, "
-            "cross_teaching)."
-        )
-    method = module.method(config)
+    trainer = trainers.get(config.trainer)
     mesh = sharding.make_mesh(config.mesh)
-    batch_sharding = sharding.batch_sharding(mesh)
-    if isinstance(method, segment.SegMethod):
-        p = segment.prepare(config, method)  # The run's own iterator: labeled + unlabeled streams.
-        step, abstract_state, init, iterator = p.step, p.abstract_state, p.init, p.make_iterator
-        examples, views = p.images_per_step, 1
-        probe = iterator()
-        specs = {k: (v.shape[1:], v.dtype, v.shape[0]) for k, v in next(probe).items()}
-        _close(probe)
-    else:
-        local_batch = sharding.check_batch_size(config.batch_size, mesh)
-        source, _, _ = pretrain.load_data(config)
-        p = pretrain.prepare(config, mesh, method, source.channels, len(source))
-        step, abstract_state, init = p.step, p.abstract_state, p.init
-        examples, views = config.batch_size, method.views_per_image
-        specs = {
-            k: (shape, dtype, config.batch_size) for k, (shape, dtype) in p.batch_specs.items()
-        }
-
-        def iterator():
-            return pretrain.train_iterator(config, source, p.transform, local_batch)
-
+    sharding.check_batch_size(config.batch_size, mesh)
+    data = trainer.load_data(config)
+    task = trainer.task(config, data, mesh)  # The run's own step and iterator.
+    p = core_run.build(config, mesh, task, data)
+    step, abstract_state, init, iterator = p.step, p.abstract_state, p.init, task.make_iterator
+    examples, views = task.examples_per_step, task.views_per_example
+    specs = {k: (v.shape[1:], v.dtype) for k, v in p.batch.items()}
     jitted = train_state.jit_step(step, train_state.shardings_of(abstract_state), mesh)
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct((n * jax.process_count(), *shape), dtype, sharding=batch_sharding)
-        for k, (shape, dtype, n) in specs.items()
-    }
+    abstract_batch = p.batch
     rng_spec = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
     t = time.perf_counter()
     compiled = jitted.lower(abstract_state, abstract_batch, rng_spec).compile()

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from s4mi_jax import trainers
 from s4mi_jax.cli import config_file_flag, one_line, parse_flags
-from s4mi_jax.core import compile_cache, distributed
+from s4mi_jax.core import compile_cache, distributed, run
 from s4mi_jax.core.loop import log
 from s4mi_jax.data import validate
 from s4mi_jax.errors import S4MIError
@@ -106,8 +106,7 @@ def main(argv: list[str]) -> None:
         f"{jax.process_count()} process(es)"
     )
     try:
-        train_and_evaluate = trainers.get(config.trainer)
-        results = train_and_evaluate(config, workdir)
+        results = run.run(config, workdir, trainers.get(config.trainer))
     except S4MIError as e:
         # Raised under a JAX transform, the message carries JAX's note on filtered frames: drop it.
         message = str(e).split("\n--------------------")[0]

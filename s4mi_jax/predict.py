@@ -196,6 +196,20 @@ def _replicated_mesh(config: ml_collections.ConfigDict, batch_size: int | None):
     return mesh, -(-(batch_size or config.eval.batch_size) // n) * n
 
 
+def build_for_checkpoint(config: ml_collections.ConfigDict, mesh, **data: Any):
+    """(task, built) of `config`'s trainer with the checkpoint's data facts (`channels`,
+    `num_classes`, `multilabel` set in `config.data`): `core.run.build`, as the run built it."""
+    from s4mi_jax import trainers
+    from s4mi_jax.core import run
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.update({k: v for k, v in data.items() if v is not None})
+    trainer = trainers.get(config.trainer)
+    facts = trainer.abstract_data(config)
+    task = trainer.task(config, facts, mesh)
+    return task, run.build(config, mesh, task, facts)
+
+
 def load_classifier(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -204,8 +218,6 @@ def load_classifier(
     network: str | None = None,
 ) -> Predictor:
     """A `classify` run's model at `checkpoint`: images -> class probabilities (N, C)."""
-    from s4mi_jax.trainers import classify
-
     if network is not None:
         raise ConfigError(f"--network={network}: a classifier has one network; leave it out.")
     folder, step = resolve_checkpoint(workdir, checkpoint)
@@ -218,9 +230,10 @@ def load_classifier(
     class_names, channels = list(meta["class_names"]), int(meta["in_channels"])
     multilabel = bool(meta["multilabel"])
     mesh, batch_size = _replicated_mesh(config, batch_size)
-    *_, graphdef, _, abstract_state = classify.model_setup(
-        config, channels, len(class_names), mesh, config.batch_size
+    _, built = build_for_checkpoint(
+        config, mesh, channels=channels, num_classes=len(class_names), multilabel=multilabel
     )
+    graphdef, abstract_state = built.graphdef, built.abstract_state
     ckpt = Checkpointer(folder)
     state = ckpt.restore(abstract_state, None, step)
     ckpt.close()
@@ -316,21 +329,18 @@ def load_segmenter(
     As the run's evaluation: the image is brought to the model size by `segdata.to_model_size`
     (`config.data.resize`: whole-image bilinear resize, or tiles) and normalised by
     `segdata.eval_images`; the network (eval mode) is the one the run selected and tested
-    (`segment.make_predict_fn`, `predict_all`). The class map is brought back to the image's size by
+    (`pixel_predict.make_predict_fn`, `predict_all`). The class map is brought back to the image's size by
     `segdata.from_model_size` (nearest neighbour, or the tiles put back)."""
-    import importlib
-
     from s4mi_jax.data import segmentation as segdata
-    from s4mi_jax.trainers import segment
+    from s4mi_jax.evaluators import pixel_predict
 
-    method = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}").method(config)
     networks = SEG_NETWORKS.get(config.trainer, {})
     if network is not None and network not in networks:
         raise ConfigError(
             f"--network={network}: a {config.trainer} run has "
             + (f"networks {sorted(networks)}." if networks else "one network; leave it out.")
         )
-    key = networks[network] if network is not None else next(iter(method.predictors))
+    key = networks[network] if network is not None else ""
     folder, step = resolve_checkpoint(workdir, checkpoint, "best" + (f"_{key}" if key else ""))
     meta = _meta(folder, step)
     channels = meta.get("in_channels", config.data.get("channels"))
@@ -342,19 +352,20 @@ def load_segmenter(
         )
     num_classes = int(meta.get("num_classes", config.data.num_classes))
     mesh, batch_size = _replicated_mesh(config, batch_size)
-    *_, graphdef, _, abstract_state = segment.model_setup(
-        config, method, int(channels), mesh, config.batch_size
+    task, built = build_for_checkpoint(
+        config, mesh, channels=int(channels), num_classes=num_classes
     )
+    graphdef, abstract_state = built.graphdef, built.abstract_state
     ckpt = Checkpointer(folder)
     state = ckpt.restore(abstract_state, None, step)
     ckpt.close()
-    predict_fn = segment.make_predict_fn(graphdef, method.predictors[key])
+    predict_fn = pixel_predict.make_predict_fn(graphdef, task.networks[key])
     size, mode = config.aug.image_size, config.data.resize
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
         pieces = [segdata.to_model_size(image, None, mode, size) for image in images]
         x = segdata.eval_images(np.stack([p[1] for ps in pieces for p in ps]), config.aug)
-        maps = segment.predict_all(predict_fn, state, x, batch_size, mesh)
+        maps = pixel_predict.predict_all(predict_fn, state, x, batch_size, mesh)
         out, start = [], 0
         for image, ps in zip(images, pieces, strict=True):
             corners = [p[0] for p in ps]

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import cass_chest
-from s4mi_jax.core import optim, sharding, train_state
+from s4mi_jax.core import optim, run, sharding, train_state
 from s4mi_jax.losses.contrastive import cosine_regression
 from s4mi_jax.trainers import cass
 from tests.helpers import max_abs_diff, override
@@ -37,13 +37,11 @@ def _config(**kw):
 
 def _setup(config, devices=None):
     mesh = sharding.make_mesh(config.mesh, devices=devices)
-    method = cass.method(config)
-    tx = method.wrap_tx(optim.make_optimizer(config.optim, lambda s: 1e-3))
-    graphdef, init, abstract = train_state.initializer(
-        lambda rngs: method.build_model(rngs, 1), tx, config.seed, mesh
-    )
+    task = cass.task(config, run.RunData(channels=1, num_examples=16), mesh)
+    tx = task.wrap_tx(optim.make_optimizer(config.optim, lambda s: 1e-3))
+    graphdef, init, abstract = train_state.initializer(task.build_model, tx, config.seed, mesh)
     step = train_state.jit_step(
-        method.make_step(graphdef, tx, 10, 2), train_state.shardings_of(abstract), mesh
+        task.make_step(run.StepArgs(graphdef, tx, 10, 2)), train_state.shardings_of(abstract), mesh
     )
     return mesh, graphdef, init, step
 

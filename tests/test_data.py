@@ -131,10 +131,10 @@ def test_eval_batches_pad_and_mask():
 
 def test_simclr_data_split_with_and_without_eval_root(tmp_path):
     from s4mi_jax.data.sources import SAMPLE_ROOT
-    from s4mi_jax.trainers import simclr
+    from s4mi_jax.trainers.pretrain import load_sources as pretrain_sources
     from tests.helpers import local_config
 
-    pretrain, probe_train, probe_test = simclr.load_data(local_config())
+    pretrain, probe_train, probe_test, _ = pretrain_sources(local_config())
     assert (len(pretrain), len(probe_train), len(probe_test)) == (224, 224, 64)
     assert not set(pretrain.indices) & set(probe_test.indices)  # Held-out never pretrained on.
 
@@ -146,7 +146,7 @@ def test_simclr_data_split_with_and_without_eval_root(tmp_path):
         "filename,label\n" + "".join(f"{p.name},{i % 2}\n" for i, p in enumerate(names))
     )
     config = local_config(**{"data.eval_root": str(tmp_path)})
-    pretrain, probe_train, probe_test = simclr.load_data(config)
+    pretrain, probe_train, probe_test, _ = pretrain_sources(config)
     assert (len(pretrain), len(probe_train), len(probe_test)) == (288, 288, 6)
     assert probe_test.labels.tolist() == [0, 1, 0, 1, 0, 1]
 

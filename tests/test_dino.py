@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import dino_chest
-from s4mi_jax.core import optim, sharding, train_state
+from s4mi_jax.core import optim, run, sharding, train_state
 from s4mi_jax.core.ema import ema_update
 from s4mi_jax.losses import dino as dino_losses
 from s4mi_jax.models.dino import TRAINABLE
@@ -104,13 +104,15 @@ def _batch(config, n=16, dtype=np.float32, seed=0):
 
 def _setup(config, devices=None, total_steps=10):
     mesh = sharding.make_mesh(config.mesh, devices=devices)
-    method = dino.method(config)
+    task = dino.task(config, run.RunData(channels=1, num_examples=16), mesh)
     tx = optim.make_optimizer(config.optim, lambda s: 1e-2, total_steps)
     graphdef, init, abstract = train_state.initializer(
-        lambda rngs: method.build_model(rngs, 1), tx, config.seed, mesh, trainable=TRAINABLE
+        task.build_model, tx, config.seed, mesh, trainable=TRAINABLE
     )
     step = train_state.jit_step(
-        method.make_step(graphdef, tx, total_steps, 2), train_state.shardings_of(abstract), mesh
+        task.make_step(run.StepArgs(graphdef, tx, total_steps, 2)),
+        train_state.shardings_of(abstract),
+        mesh,
     )
     return mesh, graphdef, init, step
 

@@ -20,7 +20,7 @@ from s4mi_jax.core import optim, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.data import augment, pipeline
 from s4mi_jax.models.simclr import build_simclr_model
-from s4mi_jax.trainers import simclr
+from s4mi_jax.trainers import pretrain
 from tests.conftest import _CACHE
 from tests.helpers import local_config, max_abs_diff
 
@@ -138,7 +138,7 @@ def test_two_processes_equal_one_process(tmp_path):
     # Restored here (1 process, 8 devices): the same parameters, and the 2-process iterator
     # position resumes this process's (global) stream at the same batch.
     config = local_config(**{"model.dtype": "float64", "optim.name": "sgd"})
-    source, _, _ = simclr.load_data(config)
+    source = pretrain.load_sources(config).pretrain
     iters = [
         pipeline.train_iterator(
             source, augment.TwoViews(config.aug), batch_size=config.batch_size, seed=config.seed

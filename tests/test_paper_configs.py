@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from configs.paper import datasets
-from s4mi_jax.core import sharding
+from s4mi_jax import trainers
+from s4mi_jax.core import run, sharding
 from s4mi_jax.trainers import cross_teaching
 
 PAPER = sorted(
@@ -99,9 +100,9 @@ BUILDS = [
 @pytest.mark.parametrize("name,arg,n_params", BUILDS)
 def test_paper_config_builds_model_and_trainer_without_data(name, arg, n_params):
     config = _load(name, arg)
-    module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
     mesh = sharding.make_mesh(config.mesh)
-    step, abstract_state, batch = module.aot_setup(config, mesh)  # eval_shape: nothing allocated
+    trainer = trainers.get(config.trainer)
+    step, abstract_state, batch = run.aot_setup(config, mesh, trainer)  # Nothing allocated.
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract_state))
     count = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     assert count == pytest.approx(n_params, rel=1e-3)
@@ -171,9 +172,9 @@ SEG_BUILDS = [
 @pytest.mark.parametrize("name,arg,channels", SEG_BUILDS)
 def test_segmentation_paper_config_builds_model_and_step_without_data(name, arg, channels):
     config = _load(name, arg)
-    module = importlib.import_module(f"s4mi_jax.trainers.{config.trainer}")
     mesh = sharding.make_mesh(config.mesh)
-    step, abstract_state, batch = module.aot_setup(config, mesh)  # eval_shape: nothing allocated
+    trainer = trainers.get(config.trainer)
+    step, abstract_state, batch = run.aot_setup(config, mesh, trainer)  # Nothing allocated.
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract_state))
     params = abstract_state.params
     assert batch["image"].shape == (config.batch_size, 224, 224, channels)
@@ -183,7 +184,11 @@ def test_segmentation_paper_config_builds_model_and_step_without_data(name, arg,
         assert set(batch) == {"image", "mask", "u_weak"}
         assert batch["u_weak"].shape == (8, 224, 224, channels)
         graphdef = nnx.graphdef(
-            nnx.eval_shape(lambda: cross_teaching.method(config).build_model(nnx.Rngs(0), channels))
+            nnx.eval_shape(
+                lambda: cross_teaching.task(config, run.RunData(channels, 8), mesh).build_model(
+                    nnx.Rngs(0)
+                )
+            )
         )
 
         def forward(params, model_state, x):

@@ -19,6 +19,7 @@ from s4mi_jax import kmeans
 from s4mi_jax.core import sharding, train_state
 from s4mi_jax.evaluators import clustering
 from s4mi_jax.losses import picie as L
+from s4mi_jax.models import picie as picie_model
 from s4mi_jax.trainers import picie
 from tests.helpers import make_seg_folder, max_abs_diff, override
 
@@ -82,8 +83,8 @@ class _Pointwise(nnx.Module):
 
     def __init__(self, rngs):
         self.proj = nnx.Linear(3, 6, rngs=rngs)
-        self.centroids1 = picie.Centroids(jnp.zeros((2, 6)))
-        self.centroids2 = picie.Centroids(jnp.zeros((2, 6)))
+        self.centroids1 = picie_model.Centroids(jnp.zeros((2, 6)))
+        self.centroids2 = picie_model.Centroids(jnp.zeros((2, 6)))
 
     def __call__(self, x, rng=None):
         return self.proj(x)
@@ -94,7 +95,7 @@ def test_feature_maps_of_the_two_views_align():
     features put through the same transform coincide (one image as both views)."""
     graphdef, params, rest = nnx.split(_Pointwise(nnx.Rngs(0)), nnx.Param, ...)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 3)), jnp.float32)
-    features = jax.jit(picie.make_features_fn(graphdef, (0.2, 0.6)))
+    features = jax.jit(picie_model.make_features_fn(graphdef, (0.2, 0.6)))
     f1, f2, _ = features(params, rest, {"view1": x, "view2": x}, jax.random.PRNGKey(3))
     np.testing.assert_allclose(np.asarray(f1), np.asarray(f2), atol=1e-5)
     # Without the alignment, the maps differ: the test can fail.
@@ -117,7 +118,7 @@ def test_sharded_step_equals_single_device():
             train_state.shardings_of(abstract),
             mesh,
         )
-        state = picie._set_centroids(init(), mu[0], mu[1])
+        state = picie_model.set_centroids(init(), mu[0], mu[1])
         out.append(step(state, sharding.put_batch(views, mesh), jax.random.PRNGKey(0)))
     (s1, m1), (s8, m8) = out
     assert float(m1["loss"]) == pytest.approx(float(m8["loss"]), rel=1e-5)
@@ -254,7 +255,7 @@ def test_ssl_encoder_loads_into_the_fpn_and_nothing_else(tmp_path):
     from s4mi_jax.models import weights
 
     config = picie_ph2.get_config("local")
-    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: picie.build_model(config, 3, nnx.Rngs(0))))
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: picie_model.build_model(config, 3, nnx.Rngs(0))))
 
     def model(seed):  # Random values in every variable (positive: BatchNorm variances).
         rng = np.random.default_rng(seed)

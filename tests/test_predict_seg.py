@@ -18,10 +18,12 @@ from PIL import Image
 
 from configs import common
 from s4mi_jax import predict
+from s4mi_jax.core import run as core_run
 from s4mi_jax.core import sharding
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.data import segmentation as segdata
 from s4mi_jax.errors import ConfigError
+from s4mi_jax.evaluators import pixel_predict
 from s4mi_jax.evaluators import segmentation as segmetrics
 from s4mi_jax.trainers import cross_teaching, segment
 from tests.helpers import make_seg_folder, override
@@ -57,14 +59,15 @@ def _evaluation_maps(config, workdir):
         test_keys = json.load(f)["splits"]["test"]
     idx = np.asarray([data.keys.index(k) for k in test_keys])
     x, y = segdata.eval_arrays(data, idx, config.aug)
-    method = segment.method(config)
     mesh = sharding.make_mesh(config.mesh)
-    *_, graphdef, _, abstract = segment.model_setup(config, method, 3, mesh, config.batch_size)
+    data = core_run.RunData(channels=3, num_examples=config.batch_size)
+    task = segment.supervised_task(config, data, mesh)
+    built = core_run.build(config, mesh, task, data)
     ckpt = Checkpointer(os.path.join(workdir, "best"))
-    state = ckpt.restore(abstract, None)
+    state = ckpt.restore(built.abstract_state, None)
     ckpt.close()
-    fn = segment.make_predict_fn(graphdef, method.predictors[""])
-    return test_keys, segment.predict_all(fn, state, x, 8, mesh), y
+    fn = pixel_predict.make_predict_fn(built.graphdef, task.networks[""])
+    return test_keys, pixel_predict.predict_all(fn, state, x, 8, mesh), y
 
 
 def _predict_masks(workdir, files, out, keys, network=None):
@@ -147,10 +150,11 @@ def test_cross_teaching_predicts_with_the_network_asked_for(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps(config.to_dict()))
-    method = cross_teaching.method(config)
     mesh = sharding.make_mesh(config.mesh)
-    *_, graphdef, init, abstract = segment.model_setup(config, method, 3, mesh, 8)
-    state = init()
+    data = core_run.RunData(channels=3, num_examples=8)
+    task = cross_teaching.task(config, data, mesh)
+    built = core_run.build(config, mesh, task, data)
+    graphdef, state = built.graphdef, built.init()
     flipped = state.replace(params=jax.tree.map(jnp.negative, state.params))
     states = {"": state, "transformer": flipped}
     meta = {"in_channels": 3, "num_classes": 2}
@@ -161,9 +165,9 @@ def test_cross_teaching_predicts_with_the_network_asked_for(tmp_path):
     files = [os.path.join(root, "images", f"im0{i}.png") for i in range(2)]
     x = segdata.eval_images(np.stack([np.asarray(Image.open(f)) for f in files]), config.aug)
     want = {  # What each network of each checkpoint predicts, through the evaluation's function.
-        (net, ckpt): segment.predict_all(fn, states[ckpt], x, 8, mesh)
+        (net, ckpt): pixel_predict.predict_all(fn, states[ckpt], x, 8, mesh)
         for net in states
-        for fn in [segment.make_predict_fn(graphdef, method.predictors[net])]
+        for fn in [pixel_predict.make_predict_fn(graphdef, task.networks[net])]
         for ckpt in states
     }
     for network, key in ((None, ""), ("transformer", "transformer")):

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from s4mi_jax.core import optim, sharding, train_state
+from s4mi_jax.core import optim, run, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.data import augment, pipeline
 from s4mi_jax.models.simclr import build_simclr_model
-from s4mi_jax.trainers import simclr
+from s4mi_jax.trainers import pretrain, simclr
 from tests.helpers import local_config, max_abs_diff
 
 N = 6
@@ -27,7 +27,7 @@ def _losses(workdir):
 
 def _restore_final(workdir, config):
     """The final checkpoint's state and the next batch its saved data iterator yields."""
-    source, _, _ = simclr.load_data(config)
+    source = pretrain.load_sources(config).pretrain
     mesh = sharding.make_mesh(config.mesh)
     tx = optim.make_optimizer(config.optim, lambda s: 0.0)
     _, _, abstract = train_state.initializer(
@@ -101,17 +101,9 @@ def test_dino_cass_resume_restores_teacher_centre_and_both_optimizers(name, tmp_
 
     def final(workdir):
         c = config()
-        method = trainer.method(c)
-        source, _, _ = trainer.pretrain.load_data(c)
+        data = trainer.pretrain.load_data(c)
         mesh = sharding.make_mesh(c.mesh)
-        tx, *_ = optim.for_run(c, len(source))
-        _, _, abstract = train_state.initializer(
-            lambda rngs: method.build_model(rngs, 1),
-            method.wrap_tx(tx),
-            c.seed,
-            mesh,
-            trainable=method.trainable,
-        )
+        abstract = run.build(c, mesh, trainer.task(c, data, mesh), data).abstract_state
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
         state = ckpt.restore(abstract, None)
         ckpt.close()

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from configs import common
-from s4mi_jax.core import optim, sharding, train_state
+from s4mi_jax.core import optim, run, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.losses import segmentation as L
 from s4mi_jax.trainers import cross_teaching, fixmatch_seg, segment
@@ -34,16 +34,17 @@ def _batch(config, rng, dtype=np.float32):
     }
 
 
-def _setup(method, config, devices, weights=None):
+def _setup(trainer, config, devices, weights=None):
+    """`trainer`'s task on 3-channel data, its step with the given class `weights`."""
     mesh = sharding.make_mesh(config.mesh, devices=devices)
-    tx = method.wrap_tx(optim.make_optimizer(config.optim, lambda s: 1e-3))
+    task = trainer.task(config, run.RunData(channels=3, num_examples=8), mesh)
+    tx = task.wrap_tx(optim.make_optimizer(config.optim, lambda s: 1e-3))
     graphdef, init, abstract = train_state.initializer(
-        lambda rngs: method.build_model(rngs, 3), tx, config.seed, mesh, trainable=method.trainable
+        task.build_model, tx, config.seed, mesh, trainable=task.trainable
     )
-    step = train_state.jit_step(
-        method.make_step(graphdef, tx, weights, 10), train_state.shardings_of(abstract), mesh
-    )
-    return mesh, graphdef, init, step
+    cfg = config.fixmatch if trainer is fixmatch_seg else config.cross_teaching
+    step = trainer.make_train_step(graphdef, tx, weights, config.data.num_classes, cfg)
+    return mesh, graphdef, init, train_state.jit_step(step, train_state.shardings_of(abstract), mesh)
 
 
 def test_cross_teaching_each_network_learns_from_the_others_pseudo_labels():
@@ -51,8 +52,7 @@ def test_cross_teaching_each_network_learns_from_the_others_pseudo_labels():
         "cross_teaching",
         **{"model.cnn.dropout": (0.0,) * 5, "model.transformer.drop_path": 0.0},
     )
-    method = cross_teaching.method(config)
-    mesh, graphdef, init, step = _setup(method, config, jax.devices()[:1])
+    mesh, graphdef, init, step = _setup(cross_teaching, config, jax.devices()[:1])
     state0 = init()
     batch = _batch(config, np.random.default_rng(0))
 
@@ -79,7 +79,7 @@ def test_cross_teaching_each_network_learns_from_the_others_pseudo_labels():
     np.testing.assert_allclose(float(metrics["loss"]), sup + want_weight * cross, rtol=1e-5)
 
 
-def _one_vs_eight(method, config, seed: int, rtol: float):
+def _one_vs_eight(trainer, config, seed: int, rtol: float):
     """Two float64 steps on 1 and on 8 devices from the same init and batches: metrics and the whole
     state agree to `rtol`. Returns (fresh state, {devices: (final state, per-step metrics)})."""
     with jax.enable_x64(True):
@@ -87,7 +87,7 @@ def _one_vs_eight(method, config, seed: int, rtol: float):
         batches = [_batch(config, rng, np.float64) for _ in range(2)]
         out = {}
         for n in (1, 8):
-            mesh, _, init, step = _setup(method, config, jax.devices()[:n], jnp.asarray([0.6, 2.0]))
+            mesh, _, init, step = _setup(trainer, config, jax.devices()[:n], jnp.asarray([0.6, 2.0]))
             state, logs = init(), []
             for i, b in enumerate(batches):
                 key = jax.random.fold_in(state.rng, i)
@@ -110,7 +110,7 @@ def test_fixmatch_with_ema_teacher_eight_devices_match_one_device_float64():
         "fixmatch_seg",
         **{"model.dtype": "float64", "fixmatch.threshold": 0.5, "fixmatch.ema_decay": 0.9},
     )
-    fresh, out = _one_vs_eight(fixmatch_seg.method(config), config, seed=1, rtol=1e-10)
+    fresh, out = _one_vs_eight(fixmatch_seg, config, seed=1, rtol=1e-10)
     assert out[1][1][0]["confident_fraction"] > 0 and out[1][1][0]["loss_u"] > 0
     # The EMA teacher moved, and only through the EMA (its weights are not trained parameters).
     assert max_abs_diff(fresh.model_state["teacher"], out[1][0].model_state["teacher"]) > 1e-6
@@ -123,7 +123,7 @@ def test_cross_teaching_eight_devices_match_one_device_float64():
     sums) becomes a relative difference in the update."""
     config = _config("cross_teaching", **{"model.cnn.dtype": "float64"})
     config.model.transformer.dtype = "float64"
-    _, out = _one_vs_eight(cross_teaching.method(config), config, seed=2, rtol=1e-8)
+    _, out = _one_vs_eight(cross_teaching, config, seed=2, rtol=1e-8)
     assert out[1][1][1]["loss_cross_cnn"] > 0 and out[1][1][1]["loss_cross_transformer"] > 0
 
 
@@ -158,11 +158,9 @@ def test_fixmatch_resume_matches_uninterrupted(tmp_path):
     os.remove(os.path.join(b, "results.json"))
     results_b = fixmatch_seg.train_and_evaluate(config(ckpt_every=2), b)
     c = config()
-    method = fixmatch_seg.method(c)
-    tx = optim.for_run(c, 4)[0]
-    _, _, abstract = train_state.initializer(
-        lambda rngs: method.build_model(rngs, 3), tx, c.seed, sharding.make_mesh(c.mesh)
-    )
+    mesh = sharding.make_mesh(c.mesh)
+    data = run.RunData(channels=3, num_examples=4)
+    abstract = run.build(c, mesh, fixmatch_seg.task(c, data, mesh), data).abstract_state
     states = []
     for w in (a, b):
         ckpt = Checkpointer(os.path.join(w, "checkpoints"))

@@ -159,6 +159,30 @@ def per_branch(tx: optax.GradientTransformation, branches: tuple[str, ...]):
     return optax.multi_transform({b: tx for b in branches}, labels)
 
 
+def split_top_key(
+    key: str,
+    inside: tuple[str, optax.GradientTransformation],
+    outside: tuple[str, optax.GradientTransformation],
+) -> optax.GradientTransformation:
+    """`inside` for the parameters under top-level `key` (a frozen encoder, DEDL's APP head),
+    `outside` for the rest; each pair's label names its optimizer state in checkpoints."""
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: inside[0] if _top(path) == key else outside[0], params
+        )
+
+    return optax.multi_transform({inside[0]: inside[1], outside[0]: outside[1]}, labels)
+
+
+def _top(path) -> str:
+    entry = path[0]
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def for_run(
     config: ml_collections.ConfigDict, num_examples: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule, int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
@@ -42,6 +43,21 @@ def train_iterator(
     if num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it)
+
+
+def run_iterator(
+    config: ml_collections.ConfigDict, source, transform: grain.transforms.RandomMap, **kw
+) -> grain.DatasetIterator:
+    """`train_iterator` of a run: this process's share of `config.batch_size`, `config.seed`,
+    `config.data.num_workers`; `kw` overrides (another batch size or seed)."""
+    args = dict(
+        batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return train_iterator(source, transform, **{**args, **kw})
 
 
 def eval_batches(

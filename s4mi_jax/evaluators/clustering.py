@@ -12,8 +12,20 @@ names, so they are first matched to classes.
 
 from __future__ import annotations
 
+import os
+
+import jax
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from s4mi_jax.core import run, sharding
+from s4mi_jax.core.loop import log
+from s4mi_jax.core.metric_writer import write_json
+from s4mi_jax.core.train_state import TrainState
+from s4mi_jax.data import segmentation as segdata
+from s4mi_jax.evaluators import pixel_predict
+from s4mi_jax.evaluators import segmentation as segmetrics
+from s4mi_jax.models import picie as picie_model
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, num_pred: int, num_gt: int) -> np.ndarray:
@@ -57,3 +69,112 @@ def matched_scores(
     preds = np.asarray(mapping)[np.asarray(clusters)]
     conf = confusion(preds, labels, num_classes, num_classes)
     return {"pixel_accuracy": pixel_accuracy(conf), "miou": miou(conf)}, preds
+
+
+def score_clusters(
+    clusters_val, y_val, clusters_test, y_test, num_clusters: int, num_classes: int
+) -> dict:
+    """Hungarian matching fit on validation, applied to test; PiCIE's matching on test itself.
+    Returns {"mapping", "val", "test", "test_matched_on_test", "test_preds", "test_rows"}."""
+    mapping = hungarian(confusion(clusters_val, y_val, num_clusters, num_classes))
+    out = {"mapping": [int(m) for m in mapping]}
+    for split, c, y in (("val", clusters_val, y_val), ("test", clusters_test, y_test)):
+        scores, preds = matched_scores(c, y, mapping, num_classes)
+        summary, rows = segmetrics.dataset_metrics(preds, y, num_classes)
+        out[split] = {**scores, **summary}
+        if split == "test":
+            out["test_preds"], out["test_rows"] = preds, rows
+    own = hungarian(confusion(clusters_test, y_test, num_clusters, num_classes))
+    out["test_matched_on_test"] = matched_scores(clusters_test, y_test, own, num_classes)[0]
+    return out
+
+
+def baselines(data, manifest, y_val, y_test, num_classes: int) -> dict:
+    """Label-free references: every pixel foreground (class 1), and a per-image threshold at the mean
+    grey level (two "clusters", matched to classes on validation like PiCIE's)."""
+    ones = np.ones_like(y_test)
+    fg = matched_scores(ones, y_test, np.arange(2), num_classes)[0]
+    fg.update(segmetrics.dataset_metrics(ones, y_test, num_classes)[0])
+
+    def threshold(idx):
+        gray = data.images[idx].astype(np.float32).mean(-1)
+        return (gray > gray.mean(axis=(1, 2), keepdims=True)).astype(np.int32)
+
+    thr = score_clusters(
+        threshold(manifest.val), y_val, threshold(manifest.test), y_test, 2, num_classes
+    )
+    return {"all_foreground": fg, "mean_intensity_threshold": thr["test"]}
+
+
+def picie_evaluator(ctx: run.Context) -> run.Evaluator:
+    """No model selection (it would use labels): validation only monitors; the final model is
+    tested, its clusters matched to classes on validation."""
+    config, mesh, (data, manifest, pool) = ctx.config, ctx.mesh, ctx.data.content
+    k, num_classes = int(config.picie.num_clusters), data.num_classes
+    predict = picie_model.make_predict_fn(ctx.built.graphdef)
+    val_x, val_y = segdata.eval_arrays(data, manifest.val, config.aug)
+    test_x, test_y = segdata.eval_arrays(data, manifest.test, config.aug)
+    sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+
+    def clusters_of(state, x):
+        return pixel_predict.predict_all(predict, state, x, config.eval.batch_size, mesh)
+
+    def validate(state: TrainState, step: int) -> run.Validation:
+        c = clusters_of(state, val_x)  # Matching fit on validation, scored on it (monitoring only).
+        mapping = hungarian(confusion(c, val_y, k, num_classes))
+        scores, preds = matched_scores(c, val_y, mapping, num_classes)
+        summary = segmetrics.dataset_metrics(preds, val_y, num_classes)[0]
+        log(
+            f"val pixel_accuracy {scores['pixel_accuracy']:.4f} miou {scores['miou']:.4f} "
+            f"dice {summary['dice']:.4f} iou {summary['iou']:.4f}"
+        )
+        return run.Validation({f"val/{m}": v for m, v in {**scores, **summary}.items()}, {})
+
+    def test(state: TrainState, best: run.BestCheckpoints) -> dict:
+        scored = score_clusters(
+            clusters_of(state, val_x), val_y, clusters_of(state, test_x), test_y, k, num_classes
+        )
+        preds, rows = scored.pop("test_preds"), scored.pop("test_rows")
+        per_image = [{"key": data.keys[i], **r} for i, r in zip(manifest.test, rows, strict=True)]
+        write_json(os.path.join(ctx.workdir, "test_per_image.json"), per_image)
+        n_overlay = min(config.eval.overlays, len(test_x))
+        if n_overlay and jax.process_index() == 0:
+            segmetrics.write_overlays(
+                os.path.join(ctx.workdir, "overlays", "test"),
+                [data.keys[i].replace("#", "_") for i in manifest.test[:n_overlay]],
+                data.images[manifest.test[:n_overlay]],
+                test_y[:n_overlay],
+                preds[:n_overlay],
+            )
+        t = scored["test"]
+        ctx.writer.write(int(state.step), {f"test/{m}": v for m, v in t.items()})
+        log(
+            f"test (clusters matched on val as {scored['mapping']}): pixel_accuracy "
+            f"{t['pixel_accuracy']:.4f}, miou {t['miou']:.4f}, dice {t['dice']:.4f}, iou "
+            f"{t['iou']:.4f}, hd95 {t['hd95']:.2f}"
+        )
+        base = baselines(data, manifest, val_y, test_y, num_classes)
+        for name, b in base.items():
+            log(
+                f"baseline {name}: pixel_accuracy {b['pixel_accuracy']:.4f}, miou {b['miou']:.4f}, "
+                f"dice {b['dice']:.4f}, iou {b['iou']:.4f}"
+            )
+        return {
+            "method": "picie",
+            "label_fraction": 0.0,  # No training labels: the "unsupervised" row of the report.
+            "seed": config.seed,
+            "manifest_hash": manifest.hash,
+            "dataset": os.path.basename(os.path.normpath(str(data.root))),
+            "num_train": len(pool),
+            "num_unlabeled": len(pool),
+            "num_val": len(val_x),
+            "num_test": len(test_x),
+            "num_clusters": k,
+            "cluster_to_class": scored["mapping"],
+            "val": scored["val"],
+            "test": t,
+            "test_matched_on_test": scored["test_matched_on_test"],
+            "baselines": base,
+        }
+
+    return run.Evaluator(test=test, validate=validate)

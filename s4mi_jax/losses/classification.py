@@ -68,7 +68,11 @@ LOSSES = {
 }
 
 
-def get_loss(name: str):
+def get_loss(name: str, multilabel: bool = False):
+    """The loss `config.loss.name`; with multi-label data, cross-entropy is the sigmoid one (softmax
+    cross-entropy is single-label only)."""
+    if multilabel and name == "cross_entropy":
+        name = "sigmoid_cross_entropy"
     if name not in LOSSES:
         raise ConfigError(f"config.loss.name={name!r}: expected one of {sorted(LOSSES)}.")
     return LOSSES[name]

@@ -1,4 +1,4 @@
-"""CASS pretraining: a CNN and a ViT trained together, each other's positive pair (methods.md §4.3, §5).
+"""CASS pretraining: a CNN and a ViT trained together, each other's positive pair (Singh et al. 2023).
 
 The same augmented image goes through both networks; the loss is `2 - 2 cos` between their outputs, with
 gradients into both and no stop-gradient, momentum encoder or negatives. One train state holds both
@@ -23,7 +23,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import collapse, optim, train_state
+from s4mi_jax.core import collapse, optim, run, train_state
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses.contrastive import cosine_regression, embedding_std
@@ -63,27 +63,31 @@ def make_train_step(
     return train_step
 
 
-def method(config: ml_collections.ConfigDict) -> pretrain.Method:
-    return pretrain.Method(
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
+    s = config.aug.image_size
+    return pretrain.task(
+        config,
+        data,
         name="CASS",
         model_name=f"{config.model.cnn.name} + {config.model.vit.name}",
         build_model=lambda rngs, channels: build_cass_model(config.model, channels, rngs),
-        make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx),
+        make_step=lambda a: make_train_step(a.graphdef, a.tx),
         transform=augment.OneView(config.aug),
         device_views=device_augment.one_view(config.aug),
+        views={"image": (s, s, data.channels)},
         views_per_image=1,
-        batch_shapes=lambda c: {"image": (config.aug.image_size, config.aug.image_size, c)},
         probes={b: (lambda m, b=b: getattr(m, b).encoder) for b in BRANCHES},
         wrap_tx=lambda tx: optim.per_branch(tx, BRANCHES),
-        init_from={
-            f"{b}/encoder": (
-                f"config.model.{b}.init_from",
+        starts=tuple(
+            run.Start(
+                f"{b}/encoder",
                 config.model[b].init_from,
                 config.model[b].get("init_encoder") or None,
+                key=f"config.model.{b}.init_from",
             )
             for b in BRANCHES
             if config.model[b].get("init_from")
-        },
+        ),
         collapse_advice=(
             "CASS has no negatives, predictor or stop-gradient, so both networks agreeing on a "
             "constant is a minimum of its loss: start both from pretrained weights "
@@ -92,9 +96,8 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
     )
 
 
+TRAINER = run.Trainer(pretrain.load_data, pretrain.abstract_data, task)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return pretrain.run(config, workdir, method(config))
-
-
-def aot_setup(config: ml_collections.ConfigDict, mesh):
-    return pretrain.aot_setup(config, mesh, method(config))
+    return run.run(config, workdir, TRAINER)

@@ -6,17 +6,14 @@
   statistics unchanged; features under stop-gradient); only the linear head is trained;
 - "finetune": the encoder comes from `config.init_from`, everything is trained.
 
-The labeled subset is a nested, stratified, patient-grouped manifest (`data/manifests.py`) whose hash goes
-into every checkpoint folder and result. The model is selected on the validation split
-(`config.select_metric`, evaluated every `config.eval_every` steps) and tested once, at the end, on the test
-split, with bootstrap 95% confidence intervals.
+The labeled subset is a nested, stratified, patient-grouped manifest (`data/manifests.py`, its hash in
+every checkpoint and result). The model is selected on validation (`config.select_metric` every
+`config.eval_every` steps) and tested once, at the end, with bootstrap 95% confidence intervals.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable
 
 import jax
@@ -26,20 +23,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from s4mi_jax import provenance
-from s4mi_jax.core import optim, pretrained, sharding, train_state
-from s4mi_jax.core.checkpoint import Checkpointer
-from s4mi_jax.core.loop import log, train_loop
-from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
+from s4mi_jax.core import optim, run, train_state
+from s4mi_jax.core.loop import log
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.data import augment, device_augment, manifests, pipeline
-from s4mi_jax.data.sources import (
-    SubsetSource,
-    is_labeled,
-    open_eval_from_config,
-    source_keys,
-)
-from s4mi_jax.errors import ConfigError, DataError
+from s4mi_jax.data import augment, classification, device_augment, pipeline
+from s4mi_jax.data.sources import source_keys
+from s4mi_jax.errors import ConfigError
 from s4mi_jax.evaluators import features, metrics, predictions
 from s4mi_jax.losses import classification as losses
 from s4mi_jax.models.classifier import build_classifier
@@ -62,19 +51,13 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         del rng
-        labels = batch["label"]
-        targets = (
-            labels.astype(jnp.float32)
-            if multilabel
-            else jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-        )
+        y = batch["label"]
+        targets = y.astype(jnp.float32) if multilabel else jax.nn.one_hot(y, num_classes)
 
         def objective(params):
             model = nnx.merge(graphdef, params, train_state.fresh(state.model_state))
             model.train()
-            if (
-                frozen_encoder
-            ):  # Running BN statistics, no gradient into (or update of) the encoder.
+            if frozen_encoder:  # Running BN statistics, no gradient into (or update of) it.
                 model.encoder.eval()
                 logits = model.head(jax.lax.stop_gradient(model.encoder(batch["image"])))
             else:
@@ -86,9 +69,8 @@ def make_train_step(
                 correct = jnp.mean(jnp.sum(targets * (logits >= logits.max(-1, keepdims=True)), -1))
             return loss, (train_state.split_model(model)[2], {"accuracy": correct})
 
-        (loss, (model_state, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, (model_state, aux)), grads = grad_fn(state.params)
         new_state = state.apply_gradients(tx, grads, model_state)
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
@@ -97,176 +79,106 @@ def make_train_step(
 
 def frozen_encoder_tx(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """`tx` for the head, exact zeros for the encoder (its parameters never change)."""
-
-    def labels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: "frozen" if pretrained._key(path[0]) == "encoder" else "train", params
-        )
-
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return optim.split_top_key("encoder", ("frozen", optax.set_to_zero()), ("train", tx))
 
 
-def model_setup(
-    config: ml_collections.ConfigDict,
-    channels: int,
-    num_classes: int,
-    mesh,
-    num_train: int,
-):
-    """(tx, schedule, total_steps, graphdef, init, abstract_state) of the classifier `config` trains:
-    shared by training, `aot_setup` and `s4mi_jax.predict` (which restores into `abstract_state`)."""
-    tx, schedule, total_steps, _ = optim.for_run(config, num_train)
-    if config.method == "linear_probe":
-        tx = frozen_encoder_tx(tx)
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: build_classifier(config.model, channels, num_classes, rngs),
-        tx,
-        config.seed,
-        mesh,
-        rules=sharding.rules_from_config(config),
-    )
-    return tx, schedule, total_steps, graphdef, init, abstract_state
-
-
-def load_splits(config: ml_collections.ConfigDict):
-    """(source, manifest, train/val/test sources); validates the data before anything is written."""
-    source, manifest, notes = manifests.open_and_split(
-        config.data, fraction=config.label_fraction, seed=config.seed
-    )
-    if manifest is None:
-        raise DataError(f"{source.root}: no labels (labels.csv with filename,label is needed).")
-    if np.asarray(source.labels).ndim == 1 and len(source.class_names) < 2:
-        raise DataError(
-            f"{source.root}: every labeled image is class {source.class_names[0]!r}; a classifier "
-            "needs at least 2 classes (or name them all in config.data.class_names)."
-        )
-    for note in notes:
-        log(note)
-    if config.data.eval_root:
-        test_source = open_eval_from_config(config.data, source)
-        test = SubsetSource(test_source, np.flatnonzero(is_labeled(test_source.labels)))
-    else:
-        test = SubsetSource(source, manifest.test)
-    return (
-        source,
-        manifest,
-        SubsetSource(source, manifest.train),
-        SubsetSource(source, manifest.val),
-        test,
-    )
-
-
-def _counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    if labels.ndim == 2:
-        return labels.sum(axis=0)
-    return np.bincount(labels, minlength=num_classes)
-
-
-def _loss(config: ml_collections.ConfigDict, multilabel: bool) -> Callable:
-    name = config.loss.name
-    if multilabel and name == "cross_entropy":
-        name = "sigmoid_cross_entropy"  # Softmax cross-entropy is single-label only.
-    return losses.get_loss(name)
-
-
-def _check_expected(config, source, num_classes: int, multilabel: bool) -> None:
-    """`config.data.num_classes` / `multilabel` (set by the paper configs) must match the data."""
-    expected = config.data.get("num_classes")
-    if expected and expected != num_classes:
-        raise DataError(
-            f"{source.root}: {num_classes} classes {list(source.class_names)[:12]} but "
-            f"config.data.num_classes={expected} (the dataset this config was written for)."
-        )
-    want = config.data.get("multilabel")
-    if want is not None and bool(want) != multilabel:
-        kind = "one 0/1 column per class" if want else "a filename,label table"
-        raise DataError(
-            f"{source.root}: labels.csv is {'multi' if multilabel else 'single'}-label but "
-            f"config.data.multilabel={want}; this config expects {kind}."
-        )
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    t_start = time.time()
+def _check_method(config: ml_collections.ConfigDict) -> None:
     if config.method not in METHODS:
         raise ConfigError(f"config.method={config.method!r}: expected one of {METHODS}.")
     if config.method != "supervised" and not config.init_from:
         raise ConfigError(
             f"config.method={config.method!r} needs config.init_from=<pretraining workdir>."
         )
-    if config.init_from:
-        pretrained.resolve(config.init_from)  # Fails now, before anything is written.
-    source, manifest, train_src, val_src, test_src = load_splits(config)
-    num_classes = len(source.class_names)
-    multilabel = source.labels.ndim == 2
-    _check_expected(config, source, num_classes, multilabel)
-    mesh = sharding.make_mesh(config.mesh)
-    local_batch = sharding.check_batch_size(config.batch_size, mesh)
+
+
+def load_data(config: ml_collections.ConfigDict) -> run.RunData:
+    _check_method(config)
+    s = classification.load_splits(config)
+    multilabel = s.source.labels.ndim == 2
+    classification.check_expected(config, s.source, len(s.source.class_names), multilabel)
+    return run.RunData(
+        channels=s.source.channels,
+        num_examples=len(s.train),
+        manifest=s.manifest,
+        sources={"dataset": s.source, "eval_dataset": s.test if config.data.eval_root else None},
+        # With config.json, what `s4mi_jax.predict` needs to rebuild the model.
+        meta={
+            "manifest_hash": s.manifest.hash,
+            "label_fraction": config.label_fraction,
+            "class_names": list(s.source.class_names),
+            "in_channels": int(s.source.channels),
+            "multilabel": bool(multilabel),
+        },
+        content=s,
+    )
+
+
+def abstract_data(config: ml_collections.ConfigDict) -> run.RunData:
+    """No data read (AOT, predict): channels and classes from `config.data.channels` /
+    `num_classes` / `multilabel` (defaults 1, 2, single-label)."""
+    names = [str(i) for i in range(config.data.get("num_classes") or 2)]
+    meta = {"class_names": names, "multilabel": bool(config.data.get("multilabel"))}
+    return run.RunData(config.data.channels or 1, config.batch_size, meta=meta)
+
+
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
+    if config.method not in METHODS:  # A run also needs its init_from (load_data checks).
+        raise ConfigError(f"config.method={config.method!r}: expected one of {METHODS}.")
+    num_classes, multilabel = len(data.meta["class_names"]), data.meta["multilabel"]
+    s, b, size = data.content, config.batch_size, config.aug.image_size
     frozen = config.method == "linear_probe"
-    tx, schedule, total_steps, graphdef, init, abstract_state = model_setup(
-        config, source.channels, num_classes, mesh, len(train_src)
-    )
-    counts = _counts(train_src.labels, num_classes)
-    step = make_train_step(
-        graphdef,
-        tx,
-        _loss(config, multilabel),
-        num_classes,
-        losses.class_weights(counts, config.loss.class_weights),
-        frozen_encoder=frozen,
-        multilabel=multilabel,
-    )
-    if config.aug.get("on_device", False):  # The host only resizes; views are made in the step.
-        step = device_augment.with_device_views(step, device_augment.one_view(config.aug))
-    step_fn = train_state.jit_step(step, train_state.shardings_of(abstract_state), mesh)
-    data_iter = pipeline.train_iterator(
-        train_src,
-        device_augment.host_transform(config.aug, augment.OneView(config.aug)),
-        batch_size=local_batch,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+    weights = None
+    if s is not None:
+        weights = losses.class_weights(
+            classification.class_counts(s.train.labels, num_classes), config.loss.class_weights
+        )
+
+    def make_iterator():
+        return pipeline.run_iterator(
+            config, s.train, device_augment.host_transform(config.aug, augment.OneView(config.aug))
+        )
+
+    summary = config.method
+    if s is not None:
+        summary = (
+            f"{config.method}: {len(s.train)} labeled training images ({config.label_fraction:.0%} "
+            f"of the pool, manifest {s.manifest.hash[:12]}), val {len(s.val)}, test {len(s.test)}; "
+            f"{config.model.name}"
+        )
+    return run.Task(
+        name=config.method,
+        build_model=lambda rngs: build_classifier(config.model, data.channels, num_classes, rngs),
+        make_step=lambda a: make_train_step(
+            a.graphdef,
+            a.tx,
+            losses.get_loss(config.loss.name, multilabel),
+            num_classes,
+            weights,
+            frozen_encoder=frozen,
+            multilabel=multilabel,
+        ),
+        batch_shapes={
+            "image": ((b, size, size, data.channels), jnp.float32),
+            "label": ((b, num_classes) if multilabel else (b,), jnp.int32),
+        },
+        summary=summary,
+        make_iterator=None if s is None else make_iterator,
+        evaluator=lambda ctx: _evaluator(ctx, multilabel),
+        wrap_tx=frozen_encoder_tx if frozen else (lambda tx: tx),
+        starts=run.config_start(config),
+        examples_per_step=b,
+        networks={"": lambda m: m},
+        device_views=device_augment.one_view(config.aug),
     )
 
-    eval_src = test_src if config.data.eval_root else None
-    prepare_workdir(workdir, config, data={"dataset": source, "eval_dataset": eval_src})
-    manifest.save(os.path.join(workdir, "manifest.json"))
-    checkpointer = Checkpointer.for_run(workdir, config)
-    best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
-    best_path = os.path.join(workdir, "best.json")
-    # Kept with every checkpoint: with config.json, what `s4mi_jax.predict` needs to rebuild the model.
-    meta = {
-        "manifest_hash": manifest.hash,
-        "label_fraction": config.label_fraction,
-        "class_names": list(source.class_names),
-        "in_channels": int(source.channels),
-        "multilabel": bool(multilabel),
-    }
-    resume_step = checkpointer.latest_step()
-    init_path = os.path.join(workdir, "init_from.json")
-    if resume_step is not None:
-        state = checkpointer.restore(abstract_state, data_iter)
-        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
-        log(f"resumed from step {resume_step} in {checkpointer.directory}")
-    else:
-        state = init()
-        if config.init_from:
-            state, encoder_path, init_step = pretrained.load_encoder(
-                state, config.init_from, config.get("init_encoder")
-            )
-            write_json(
-                init_path,
-                {"init_from": config.init_from, "encoder": encoder_path, "step": init_step},
-            )
-            log(f"encoder initialised from {config.init_from}: {encoder_path} (step {init_step})")
-    best = {"value": -np.inf, "step": None}
-    if resume_step is not None and os.path.exists(best_path):
-        best = _read_json(best_path)
 
-    predict = features.make_embed_fn(graphdef, lambda m: m)  # Logits in eval mode.
+def _evaluator(ctx: run.Context, multilabel: bool) -> run.Evaluator:
+    """Validation selects the model (`config.select_metric`); the test split is scored once, with the
+    selected weights, with bootstrap 95% confidence intervals."""
+    config, s = ctx.config, ctx.data.content
+    predict = features.make_embed_fn(ctx.built.graphdef, lambda m: m)  # Logits in eval mode.
 
-    def evaluate(state: TrainState, split) -> dict[str, float]:
+    def evaluate(state: TrainState, split):
         logits, labels = features.extract(
             predict,
             state.params,
@@ -274,146 +186,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             split,
             config.aug,
             batch_size=config.eval.batch_size,
-            mesh=mesh,
+            mesh=ctx.mesh,
         )
         return labels, predictions.probabilities(logits, multilabel)
 
-    def validate(state: TrainState, step: int) -> dict[str, float]:
-        labels, probs = evaluate(state, val_src)
+    def validate(state: TrainState, step: int) -> run.Validation:
+        labels, probs = evaluate(state, s.val)
         values = metrics.classification_metrics(labels, probs, multilabel=multilabel)
-        value = values[config.select_metric]
-        if np.isfinite(value) and value > best["value"]:
-            best.update(value=float(value), step=step)
-            best_ckpt.save(step, state, None, meta)
-            write_json(best_path, best)
-        log(
-            f"val {config.select_metric} {value:.4f} (best {best['value']:.4f} at step "
-            f"{best['step']})"
+        return run.Validation(
+            {f"val/{k}": v for k, v in values.items()}, {"": values[config.select_metric]}
         )
-        return {f"val/{k}": v for k, v in values.items()}
 
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log(
-        f"{config.method}: {len(train_src)} labeled training images ({config.label_fraction:.0%} "
-        f"of the pool, manifest {manifest.hash[:12]}), val {len(val_src)}, test {len(test_src)}; "
-        f"{config.model.name} ({n_params / 1e6:.2f}M params); {total_steps} steps"
-    )
-    writer = MetricWriter(workdir, resume_step=resume_step)
-    state, stopped = train_loop(
-        config,
-        train_step=step_fn,
-        state=state,
-        data_iter=data_iter,
-        mesh=mesh,
-        checkpointer=checkpointer,
-        writer=writer,
-        total_steps=total_steps,
-        images_per_step=config.batch_size,
-        schedule=schedule,
-        eval_fn=validate,
-        meta=meta,
-    )
-    checkpointer.close()
-    best_ckpt.wait()
-    if stopped:
-        writer.close()
-        best_ckpt.close()
-        return {}
-
-    # Test once, with the model selected on validation.
-    best_step = best_ckpt.latest_step()
-    if best_step is not None:
-        state = best_ckpt.restore(abstract_state, None)
-    best_ckpt.close()
-    labels, probs = evaluate(state, test_src)
-    keys = source_keys(test_src.source)
-    predictions.write_csv(
-        os.path.join(workdir, "test_predictions.csv"),
-        [keys[i] for i in test_src.indices],
-        probs,
-        source.class_names,
-        multilabel=multilabel,
-        labels=labels,
-    )
-    test = metrics.classification_metrics(labels, probs, multilabel=multilabel)
-    ci = metrics.bootstrap_ci(
-        labels, probs, multilabel=multilabel, n_boot=config.eval.bootstrap, seed=config.seed
-    )
-    writer.write(int(state.step), {f"test/{k}": v for k, v in test.items()})
-    writer.close()
-    prov = provenance.record(
-        config,
-        t_start=t_start,
-        source=source,
-        eval_source=test_src if config.data.eval_root else None,
-        manifest_hash=manifest.hash,
-        resumed_from_step=resume_step,
-    )
-    results = {
-        "method": config.method,
-        "label_fraction": config.label_fraction,
-        "seed": config.seed,
-        "manifest_hash": manifest.hash,
-        "dataset": os.path.basename(os.path.normpath(str(source.root))),
-        "num_train": len(train_src),
-        "num_val": len(val_src),
-        "num_test": len(test_src),
-        "class_names": list(source.class_names),
-        "select_metric": config.select_metric,
-        "best_step": best_step,
-        "best_val": best["value"],
-        "init_from": _read_json(init_path),
-        "test": test,
-        "test_ci95": {k: list(v) for k, v in ci.items()},
-        "wall_time_s": prov["wall_time_s"],  # This invocation only.
-        "environment": prov["environment"],
-        "provenance": prov,
-    }
-    write_json(os.path.join(workdir, "results.json"), results)
-    log(
-        "test: "
-        + ", ".join(
-            f"{k} {test[k]:.4f}"
-            for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
-            if k in test
+    def test(state: TrainState, best: run.BestCheckpoints) -> dict:
+        state = best.restore("", state)
+        labels, probs = evaluate(state, s.test)
+        keys = source_keys(s.test.source)
+        predictions.write_csv(
+            os.path.join(ctx.workdir, "test_predictions.csv"),
+            [keys[i] for i in s.test.indices],
+            probs,
+            s.source.class_names,
+            multilabel=multilabel,
+            labels=labels,
         )
-    )
-    return results
+        test = metrics.classification_metrics(labels, probs, multilabel=multilabel)
+        ci = metrics.bootstrap_ci(
+            labels, probs, multilabel=multilabel, n_boot=config.eval.bootstrap, seed=config.seed
+        )
+        ctx.writer.write(int(state.step), {f"test/{k}": v for k, v in test.items()})
+        shown = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+        log("test: " + ", ".join(f"{k} {test[k]:.4f}" for k in shown if k in test))
+        return {
+            "method": config.method,
+            "label_fraction": config.label_fraction,
+            "seed": config.seed,
+            "manifest_hash": s.manifest.hash,
+            "dataset": os.path.basename(os.path.normpath(str(s.source.root))),
+            "num_train": len(s.train),
+            "num_val": len(s.val),
+            "num_test": len(s.test),
+            "class_names": list(s.source.class_names),
+            "select_metric": config.select_metric,
+            "best_step": best.step(""),
+            "best_val": best.value(""),
+            "test": test,
+            "test_ci95": {k: list(v) for k, v in ci.items()},
+        }
+
+    return run.Evaluator(test=test, validate=validate, networks=("",))
 
 
-def _read_json(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+TRAINER = run.Trainer(load_data, abstract_data, task)
 
 
-def aot_setup(config: ml_collections.ConfigDict, mesh):
-    """(step, abstract state, abstract global batch) for `s4mi_jax.aot` and the paper-config test: no
-    data read, nothing allocated. Channels and classes from `config.data.channels` / `num_classes`
-    (defaults 1 and 2)."""
-    channels = config.data.channels or 1
-    num_classes = config.data.get("num_classes") or 2
-    multilabel = bool(config.data.get("multilabel"))
-    tx, _, _, graphdef, _, abstract_state = model_setup(
-        config, channels, num_classes, mesh, config.batch_size
-    )
-    step = make_train_step(
-        graphdef,
-        tx,
-        _loss(config, multilabel),
-        num_classes,
-        None,
-        frozen_encoder=config.method == "linear_probe",
-        multilabel=multilabel,
-    )
-    size = config.aug.image_size
-    batch_sharding = sharding.batch_sharding(mesh)
-    label_shape = (config.batch_size, num_classes) if multilabel else (config.batch_size,)
-    batch = {
-        "image": jax.ShapeDtypeStruct(
-            (config.batch_size, size, size, channels), jnp.float32, sharding=batch_sharding
-        ),
-        "label": jax.ShapeDtypeStruct(label_shape, jnp.int32, sharding=batch_sharding),
-    }
-    return step, abstract_state, batch
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    return run.run(config, workdir, TRAINER)

@@ -1,5 +1,5 @@
 """Cross teaching between a CNN and a transformer (S4MI `train_CT_between_cnn_transformer_2D.py`,
-methods.md §4.5): `config.trainer = "cross_teaching"`.
+after Luo et al. 2022): `config.trainer = "cross_teaching"`.
 
 Both networks see the labeled and unlabeled images in one train-mode pass each (shared BatchNorm,
 dropout / drop-path on). Each is supervised on the labeled part (½[CE_w + Dice]) and taught on the
@@ -24,7 +24,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import optim, train_state
+from s4mi_jax.core import optim, run, train_state
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.losses import segmentation as seglosses
 from s4mi_jax.models.segmenter import BRANCHES, build_cross_teaching
@@ -80,22 +80,24 @@ def make_train_step(
     return train_step
 
 
-def method(config: ml_collections.ConfigDict) -> segment.SegMethod:
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
     c = config.data.num_classes
-    return segment.SegMethod(
+    return segment.task(
+        config,
+        data,
+        mesh,
         name="cross_teaching",
         build_model=lambda rngs, ch: build_cross_teaching(config.model, ch, c, rngs),
-        make_step=lambda g, tx, w, _: make_train_step(g, tx, w, c, config.cross_teaching),
+        make_step=lambda a, w: make_train_step(a.graphdef, a.tx, w, c, config.cross_teaching),
         predictors={"": lambda m: m.cnn, "transformer": lambda m: m.transformer},
-        unlabeled_views=True,
+        unlabeled=("u_weak",),
         wrap_tx=lambda tx: optim.per_branch(tx, BRANCHES),
         init_prefix=None,
     )
 
 
+TRAINER = run.Trainer(segment.load_data, segment.abstract_data, task)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return segment.run(config, workdir, method(config))
-
-
-def aot_setup(config: ml_collections.ConfigDict, mesh):
-    return segment.aot_setup_for(config, mesh, method(config))
+    return run.run(config, workdir, TRAINER)

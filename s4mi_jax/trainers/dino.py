@@ -1,4 +1,5 @@
-"""DINO pretraining (Caron et al. 2021; methods.md §4.2) with a ViT or ResNet backbone.
+"""DINO pretraining (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision
+Transformers") with a ViT or ResNet backbone.
 
 Follows official `main_dino.py`: multi-crop (G global + L local crops; the teacher sees the globals, the
 student every crop), teacher = EMA of the student with momentum on a cosine from `teacher_momentum` to 1,
@@ -20,7 +21,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import collapse, train_state
+from s4mi_jax.core import collapse, run, train_state
 from s4mi_jax.core.ema import ema_update
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment
@@ -134,32 +135,25 @@ def make_train_step(
     return train_step
 
 
-def method(config: ml_collections.ConfigDict) -> pretrain.Method:
-    return pretrain.Method(
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
+    a, c = config.aug, data.channels
+    return pretrain.task(
+        config,
+        data,
         name="DINO",
         model_name=config.model.name,
         build_model=lambda rngs, channels: build_dino_model(config.model, channels, rngs),
-        make_step=lambda graphdef, tx, total, per_epoch: make_train_step(
-            graphdef, tx, config, total, per_epoch
+        make_step=lambda s: make_train_step(
+            s.graphdef, s.tx, config, s.total_steps, s.steps_per_epoch
         ),
-        transform=augment.MultiCrop(config.aug),
-        device_views=device_augment.multi_crop(config.aug),
-        views_per_image=config.aug.num_global_crops + config.aug.num_local_crops,
-        # Official DINO evaluates the teacher; the student is probed too for comparison.
-        batch_shapes=lambda c: {
-            "global": (
-                config.aug.num_global_crops,
-                config.aug.image_size,
-                config.aug.image_size,
-                c,
-            ),
-            "local": (
-                config.aug.num_local_crops,
-                config.aug.local_image_size,
-                config.aug.local_image_size,
-                c,
-            ),
+        transform=augment.MultiCrop(a),
+        device_views=device_augment.multi_crop(a),
+        views={
+            "global": (a.num_global_crops, a.image_size, a.image_size, c),
+            "local": (a.num_local_crops, a.local_image_size, a.local_image_size, c),
         },
+        views_per_image=a.num_global_crops + a.num_local_crops,
+        # Official DINO evaluates the teacher; the student is probed too for comparison.
         probes={"": lambda m: m.teacher.encoder, "student": lambda m: m.student.encoder},
         trainable=TRAINABLE,
         collapse_advice=(
@@ -170,9 +164,8 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
     )
 
 
+TRAINER = run.Trainer(pretrain.load_data, pretrain.abstract_data, task)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return pretrain.run(config, workdir, method(config))
-
-
-def aot_setup(config: ml_collections.ConfigDict, mesh):
-    return pretrain.aot_setup(config, mesh, method(config))
+    return run.run(config, workdir, TRAINER)

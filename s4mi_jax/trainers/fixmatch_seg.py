@@ -1,4 +1,5 @@
-"""FixMatch for segmentation (UniMatch's FixMatch, methods.md §6.3): `config.trainer = "fixmatch_seg"`.
+"""FixMatch for segmentation, as UniMatch implements it (Yang et al. 2023): `config.trainer =
+"fixmatch_seg"`.
 
 Per step: a labeled batch (paired geometric augmentation) and an unlabeled batch of
 `config.unlabeled_batch_size` images (the ratio μ is the two batch sizes' ratio), each as a weak view
@@ -12,7 +13,7 @@ probability `fixmatch.cutmix_prob`: a box pasted from the next image of the unla
   pseudo-labels and confidences (UniMatch predicts the partner separately in eval mode; here the
   partner's weak prediction from the same pass is used).
 - Loss: (L_x + λ_u·L_u) / 2 (UniMatch), L_x = ½[CE_w + Dice] on the labeled batch, L_u = Σ CE·[conf ≥ τ]
-  / number of **all** unlabeled pixels (§7.14).
+  / number of **all** unlabeled pixels (UniMatch divides by every pixel, not the confident ones).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import train_state
+from s4mi_jax.core import run, train_state
 from s4mi_jax.core.ema import ema_update
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data.segmentation import cutmix_boxes
@@ -110,7 +111,7 @@ def make_train_step(
     return train_step
 
 
-def method(config: ml_collections.ConfigDict) -> segment.SegMethod:
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
     c, fm = config.data.num_classes, config.fixmatch
     use_teacher = fm.ema_decay > 0
 
@@ -122,21 +123,22 @@ def method(config: ml_collections.ConfigDict) -> segment.SegMethod:
         nnx.update(teacher, nnx.state(student))  # The teacher starts as the student.
         return StudentTeacher(student, teacher)
 
-    return segment.SegMethod(
+    return segment.task(
+        config,
+        data,
+        mesh,
         name="fixmatch_seg",
         build_model=build,
-        make_step=lambda g, tx, w, _: make_train_step(g, tx, w, c, fm),
+        make_step=lambda a, w: make_train_step(a.graphdef, a.tx, w, c, fm),
         predictors={"": (lambda m: m.teacher) if use_teacher else (lambda m: m)},
-        unlabeled_views=True,
-        strong_view=True,
+        unlabeled=("u_weak", "u_strong"),
         trainable=TRAINABLE_WITH_TEACHER if use_teacher else nnx.Param,
         init_prefix=None if use_teacher else "encoder",
     )
 
 
+TRAINER = run.Trainer(segment.load_data, segment.abstract_data, task)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return segment.run(config, workdir, method(config))
-
-
-def aot_setup(config: ml_collections.ConfigDict, mesh):
-    return segment.aot_setup_for(config, mesh, method(config))
+    return run.run(config, workdir, TRAINER)

@@ -1,4 +1,4 @@
-"""Unsupervised segmentation, PiCIE (Cho et al., CVPR 2021; methods.md §4.6): `config.trainer = "picie"`.
+"""Unsupervised segmentation, PiCIE (Cho et al., CVPR 2021): `config.trainer = "picie"`.
 
 S4MI's unsupervised baseline. No mask is used for training: the network is trained on every image of
 the training pool (the manifest's labeled and unlabeled training images alike; never validation or
@@ -27,10 +27,8 @@ test images). Masks are used only to score it:
 
 from __future__ import annotations
 
-import functools
-import os
-import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import grain
 import jax
@@ -40,34 +38,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from s4mi_jax import kmeans, provenance
-from s4mi_jax.core import optim, pretrained, sharding, train_state
-from s4mi_jax.core.checkpoint import Checkpointer
-from s4mi_jax.core.loop import log, train_loop
-from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
+from s4mi_jax.core import run, sharding, train_state
+from s4mi_jax.core.loop import log
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, pipeline
 from s4mi_jax.data import segmentation as segdata
 from s4mi_jax.data.sources import FolderSource
 from s4mi_jax.errors import ConfigError
 from s4mi_jax.evaluators import clustering
-from s4mi_jax.evaluators import segmentation as segmetrics
 from s4mi_jax.losses import picie as L
-from s4mi_jax.models.fpn import build_fpn
-from s4mi_jax.trainers import segment
-
-
-class Centroids(nnx.Variable):
-    """Cluster centroids: state, not parameters (set by k-means, never by the optimizer)."""
-
-
-def build_model(config: ml_collections.ConfigDict, in_channels: int, rngs: nnx.Rngs) -> nnx.Module:
-    """The FPN with `centroids1`/`centroids2` (K, D) beside its `encoder` (so `init_from` finds it)."""
-    model = build_fpn(config.model, in_channels, rngs)
-    k, d = int(config.picie.num_clusters), int(config.model.get("feature_dim", 128))
-    model.centroids1 = Centroids(jnp.zeros((k, d), jnp.float32))
-    model.centroids2 = Centroids(jnp.zeros((k, d), jnp.float32))
-    return model
+from s4mi_jax.models import picie as picie_model
 
 
 class PicieViews(grain.transforms.RandomMap):
@@ -87,24 +67,6 @@ class PicieViews(grain.transforms.RandomMap):
         }
 
 
-def make_features_fn(graphdef: nnx.GraphDef, crop_scale: tuple[float, float]) -> Callable:
-    """`(params, model_state, batch, rng) -> (f1, f2)`: L2-normalised, aligned feature maps of the
-    two views (f1 of T(view1), T of view 2's features) in train mode; also the model after the pass
-    (its BatchNorm statistics updated)."""
-
-    def features(params, model_state, batch, rng):
-        model = nnx.merge(graphdef, params, train_state.fresh(model_state))
-        model.train()
-        x1, x2 = batch["view1"], batch["view2"]
-        boxes, flips = L.random_boxes(rng, x1.shape[0], x1.shape[1], crop_scale)
-        n = x1.shape[0]
-        f = model(jnp.concatenate([L.crop_flip(x1, boxes, flips), x2]))  # One pass, shared BN.
-        f1, f2 = f[:n], L.crop_flip(f[n:], boxes, flips)
-        return L.l2_normalize(f1), L.l2_normalize(f2), model
-
-    return features
-
-
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -113,7 +75,7 @@ def make_train_step(
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """The pure PiCIE step `(state, batch, rng) -> (state, metrics)`; `class_weights` is
     `config.loss.class_weights` (losses/picie.py)."""
-    features = make_features_fn(graphdef, crop_scale)
+    features = picie_model.make_features_fn(graphdef, crop_scale)
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         def loss_fn(params):
@@ -127,38 +89,6 @@ def make_train_step(
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
     return train_step
-
-
-def make_kmeans_fn(graphdef: nnx.GraphDef, crop_scale: tuple[float, float], iters: int) -> Callable:
-    """Jitted `(state, batch, rng, (c1, n1, c2, n2), first, fresh) -> (c1, n1, c2, n2)`, one batch of
-    the centroid refresh: the first batch (`first`, static) runs Lloyd from the given centroids, or
-    from random pixels if `fresh` (a traced flag: one compilation for every epoch); later batches take
-    one mini-batch step."""
-    features = make_features_fn(graphdef, crop_scale)
-
-    @functools.partial(jax.jit, static_argnames="first")
-    def step(state, batch, rng, clusters, first: bool, fresh: jax.Array):
-        k_view, k1, k2 = jax.random.split(rng, 3)
-        f1, f2, _ = features(state.params, state.model_state, batch, k_view)
-        out = []
-        for f, (c, n), k_init in zip((f1, f2), (clusters[:2], clusters[2:]), (k1, k2), strict=True):
-            x = f.reshape(-1, f.shape[-1])
-            if first:
-                init = jnp.where(fresh, kmeans.random_init(k_init, x, c.shape[0]), c)
-                out += kmeans.lloyd(x, init, iters)
-            else:
-                out += kmeans.minibatch_update(c, n, x)
-        return tuple(out)
-
-    return step
-
-
-@jax.jit
-def _set_centroids(state: TrainState, c1: jax.Array, c2: jax.Array) -> TrainState:
-    ms = train_state.fresh(state.model_state)
-    ms["centroids1"].value = L.l2_normalize(c1)
-    ms["centroids2"].value = L.l2_normalize(c2)
-    return state.replace(model_state=ms)
 
 
 class RefreshingStep:
@@ -175,20 +105,6 @@ class RefreshingStep:
             state = self.refresh(state, self.step // self.steps_per_epoch)
         self.step += 1
         return self.step_fn(state, batch, rng)
-
-
-def make_predict_fn(graphdef: nnx.GraphDef):
-    """Jitted `(params, model_state, images) -> cluster map` (nearest view-1 centroid, eval mode)."""
-
-    @jax.jit
-    def predict(params, model_state, images):
-        model = nnx.merge(graphdef, params, model_state)
-        model.eval()
-        f = L.l2_normalize(model(images))
-        labels = kmeans.assign(f.reshape(-1, f.shape[-1]), model.centroids1.value)
-        return labels.reshape(f.shape[:-1])
-
-    return predict
 
 
 def _check_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
@@ -211,225 +127,91 @@ def _check_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
         )
 
 
-def score_clusters(
-    clusters_val, y_val, clusters_test, y_test, num_clusters: int, num_classes: int
-) -> dict:
-    """Hungarian matching fit on validation, applied to test; PiCIE's matching on test itself.
-    Returns {"mapping", "val", "test", "test_matched_on_test", "test_preds", "test_rows"}."""
-    mapping = clustering.hungarian(
-        clustering.confusion(clusters_val, y_val, num_clusters, num_classes)
+class PicieContent(NamedTuple):
+    data: Any  # data/segmentation.SegmentationData
+    manifest: Any
+    pool: np.ndarray  # Every training image, labeled or not (no mask is read for training).
+
+
+def load_data(config: ml_collections.ConfigDict) -> run.RunData:
+    data = segdata.load(config.data, config.aug.image_size)
+    manifest = segdata.make_manifest(data, config)
+    _check_config(config, data.num_classes)
+    pool = np.sort(np.concatenate([manifest.train, manifest.unlabeled]))
+    return run.RunData(
+        channels=data.channels,
+        num_examples=len(pool),
+        manifest=manifest,
+        sources={"dataset": FolderSource(data.root, verify=False)},
+        meta={"manifest_hash": manifest.hash, "label_fraction": 0.0},
+        content=PicieContent(data, manifest, pool),
     )
-    out = {"mapping": [int(m) for m in mapping]}
-    for split, c, y in (("val", clusters_val, y_val), ("test", clusters_test, y_test)):
-        scores, preds = clustering.matched_scores(c, y, mapping, num_classes)
-        summary, rows = segmetrics.dataset_metrics(preds, y, num_classes)
-        out[split] = {**scores, **summary}
-        if split == "test":
-            out["test_preds"], out["test_rows"] = preds, rows
-    own = clustering.hungarian(
-        clustering.confusion(clusters_test, y_test, num_clusters, num_classes)
+
+
+def abstract_data(config: ml_collections.ConfigDict) -> run.RunData:
+    """No data read (AOT): channels from `config.data.channels` (default 3)."""
+    return run.RunData(config.data.channels or 3, config.batch_size)
+
+
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
+    _check_config(config, config.data.get("num_classes") or 2)
+    c, k, b, s = (
+        data.content,
+        int(config.picie.num_clusters),
+        config.batch_size,
+        config.aug.image_size,
     )
-    out["test_matched_on_test"] = clustering.matched_scores(
-        clusters_test, y_test, own, num_classes
-    )[0]
-    return out
+    crop_scale, views = tuple(config.picie.crop_scale), PicieViews(config.aug)
 
+    def refreshing(built: run.Built, step_fn, start_step: int) -> RefreshingStep:
+        kmeans_step = picie_model.make_kmeans_fn(
+            built.graphdef, crop_scale, int(config.picie.kmeans_iters)
+        )
+        source = segdata.ArraySource(c.data, c.pool)
 
-def baselines(data, manifest, y_val, y_test, num_classes: int) -> dict:
-    """Label-free references: every pixel foreground (class 1), and a per-image threshold at the mean
-    grey level (two "clusters", matched to classes on validation like PiCIE's)."""
-    ones = np.ones_like(y_test)
-    fg = clustering.matched_scores(ones, y_test, np.arange(2), num_classes)[0]
-    fg.update(segmetrics.dataset_metrics(ones, y_test, num_classes)[0])
+        def refresh(state: TrainState, epoch: int) -> TrainState:
+            seed = config.seed + 7919 * (epoch + 1)
+            it = pipeline.run_iterator(config, source, views, seed=seed, num_workers=0)
+            rng = jax.random.fold_in(
+                jax.random.fold_in(state.rng, 2**31 - 1), epoch
+            )  # No step key.
+            ms, zeros = state.model_state, jnp.zeros((k,), jnp.float32)
+            clusters = (ms["centroids1"].value, zeros, ms["centroids2"].value, zeros)
+            fresh = jnp.asarray(epoch == 0)  # Random pixels first; the previous centroids after.
+            for i in range(int(config.picie.kmeans_batches)):
+                batch = sharding.put_batch(next(it), mesh)
+                rng_b = jax.random.fold_in(rng, i)
+                clusters = kmeans_step(state, batch, rng_b, clusters, first=i == 0, fresh=fresh)
+            return picie_model.set_centroids(state, clusters[0], clusters[2])
 
-    def threshold(idx):
-        gray = data.images[idx].astype(np.float32).mean(-1)
-        return (gray > gray.mean(axis=(1, 2), keepdims=True)).astype(np.int32)
+        return RefreshingStep(step_fn, refresh, built.steps_per_epoch, start_step)
 
-    thr = score_clusters(
-        threshold(manifest.val), y_val, threshold(manifest.test), y_test, 2, num_classes
+    summary = "picie"
+    if c is not None:
+        summary = (
+            f"picie: {len(c.pool)} training images (no masks used), val {len(c.manifest.val)}, "
+            f"test {len(c.manifest.test)}; K={k}"
+        )
+    return run.Task(
+        name="picie",
+        build_model=lambda rngs: picie_model.build_model(config, data.channels, rngs),
+        make_step=lambda a: make_train_step(
+            a.graphdef, a.tx, crop_scale, config.loss.class_weights
+        ),
+        batch_shapes={v: ((b, s, s, data.channels), jnp.float32) for v in ("view1", "view2")},
+        summary=summary,
+        make_iterator=None
+        if c is None
+        else lambda: pipeline.run_iterator(config, segdata.ArraySource(c.data, c.pool), views),
+        evaluator=clustering.picie_evaluator,
+        starts=run.config_start(config),
+        examples_per_step=b,
+        wrap_step=refreshing,
     )
-    return {"all_foreground": fg, "mean_intensity_threshold": thr["test"]}
+
+
+TRAINER = run.Trainer(load_data, abstract_data, task)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    t_start = time.time()
-    data = segdata.load(config.data, config.aug.image_size)
-    manifest = segdata.make_manifest(data, config)
-    num_classes, k = data.num_classes, int(config.picie.num_clusters)
-    _check_config(config, num_classes)
-    if config.init_from:
-        pretrained.resolve(config.init_from)
-    pool = np.sort(np.concatenate([manifest.train, manifest.unlabeled]))  # No labels used.
-    mesh = sharding.make_mesh(config.mesh)
-    local_batch = sharding.check_batch_size(config.batch_size, mesh)
-    tx, schedule, total_steps, steps_per_epoch = optim.for_run(config, len(pool))
-    graphdef, init, abstract_state = train_state.initializer(
-        lambda rngs: build_model(config, data.channels, rngs),
-        tx,
-        config.seed,
-        mesh,
-        rules=sharding.rules_from_config(config),
-    )
-    crop_scale = tuple(config.picie.crop_scale)
-    step_fn = train_state.jit_step(
-        make_train_step(graphdef, tx, crop_scale, config.loss.class_weights),
-        train_state.shardings_of(abstract_state),
-        mesh,
-    )
-    kmeans_step = make_kmeans_fn(graphdef, crop_scale, int(config.picie.kmeans_iters))
-    source = segdata.ArraySource(data, pool)
-    views = PicieViews(config.aug)
-    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    data_iter = pipeline.train_iterator(
-        source,
-        views,
-        batch_size=local_batch,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        **kw,
-    )
-
-    def refresh(state: TrainState, epoch: int) -> TrainState:
-        it = pipeline.train_iterator(
-            source, views, batch_size=local_batch, seed=config.seed + 7919 * (epoch + 1), **kw
-        )
-        rng = jax.random.fold_in(jax.random.fold_in(state.rng, 2**31 - 1), epoch)  # Not a step key.
-        ms = state.model_state
-        zeros = jnp.zeros((k,), jnp.float32)
-        clusters = (ms["centroids1"].value, zeros, ms["centroids2"].value, zeros)
-        fresh = jnp.asarray(epoch == 0)  # Random pixels first; the previous centroids after.
-        for b in range(int(config.picie.kmeans_batches)):
-            batch = sharding.put_batch(next(it), mesh)
-            rng_b = jax.random.fold_in(rng, b)
-            clusters = kmeans_step(state, batch, rng_b, clusters, first=b == 0, fresh=fresh)
-        return _set_centroids(state, clusters[0], clusters[2])
-
-    prepare_workdir(workdir, config)
-    manifest.save(os.path.join(workdir, "manifest.json"))
-    checkpointer = Checkpointer.for_run(workdir, config)
-    meta = {"manifest_hash": manifest.hash, "label_fraction": 0.0}
-    resume_step = checkpointer.latest_step()
-    init_path = os.path.join(workdir, "init_from.json")
-    if resume_step is not None:
-        state = checkpointer.restore(abstract_state, data_iter)
-        resume_step = checkpointer.latest_step()  # A damaged latest one was moved aside.
-        log(f"resumed from step {resume_step} in {checkpointer.directory}")
-    else:
-        state = init()
-        if config.init_from:
-            state, encoder_path, init_step = pretrained.load_encoder(
-                state, config.init_from, config.get("init_encoder")
-            )
-            write_json(
-                init_path,
-                {"init_from": config.init_from, "encoder": encoder_path, "step": init_step},
-            )
-            log(f"encoder initialised from {config.init_from}: {encoder_path} (step {init_step})")
-
-    predict = make_predict_fn(graphdef)
-    val_x, val_y = segdata.eval_arrays(data, manifest.val, config.aug)
-    test_x, test_y = segdata.eval_arrays(data, manifest.test, config.aug)
-    eval_batch = config.eval.batch_size
-    sharding.check_batch_size(eval_batch, mesh, "config.eval.batch_size")
-
-    def clusters_of(state, x):
-        return segment.predict_all(predict, state, x, eval_batch, mesh)
-
-    def validate(state: TrainState, step: int) -> dict[str, float]:
-        c = clusters_of(state, val_x)  # Matching fit on validation, scored on it (monitoring only).
-        mapping = clustering.hungarian(clustering.confusion(c, val_y, k, num_classes))
-        scores, preds = clustering.matched_scores(c, val_y, mapping, num_classes)
-        summary = segmetrics.dataset_metrics(preds, val_y, num_classes)[0]
-        log(
-            f"val pixel_accuracy {scores['pixel_accuracy']:.4f} miou {scores['miou']:.4f} "
-            f"dice {summary['dice']:.4f} iou {summary['iou']:.4f}"
-        )
-        return {f"val/{m}": v for m, v in {**scores, **summary}.items()}
-
-    log(
-        f"picie: {len(pool)} training images (no masks used), val {len(val_x)}, test "
-        f"{len(test_x)}; K={k}; {sum(x.size for x in jax.tree.leaves(state.params)) / 1e6:.2f}M "
-        f"params; {total_steps} steps, {steps_per_epoch} per epoch"
-    )
-    writer = MetricWriter(workdir, resume_step=resume_step)
-    state, stopped = train_loop(
-        config,
-        train_step=RefreshingStep(step_fn, refresh, steps_per_epoch, int(state.step)),
-        state=state,
-        data_iter=data_iter,
-        mesh=mesh,
-        checkpointer=checkpointer,
-        writer=writer,
-        total_steps=total_steps,
-        images_per_step=config.batch_size,
-        schedule=schedule,
-        eval_fn=validate,
-        meta=meta,
-    )
-    checkpointer.close()
-    if stopped:
-        writer.close()
-        return {}
-
-    scored = score_clusters(
-        clusters_of(state, val_x), val_y, clusters_of(state, test_x), test_y, k, num_classes
-    )
-    preds = scored.pop("test_preds")
-    per_image = [
-        {"key": data.keys[i], **r}
-        for i, r in zip(manifest.test, scored.pop("test_rows"), strict=True)
-    ]
-    write_json(os.path.join(workdir, "test_per_image.json"), per_image)
-    n_overlay = min(config.eval.overlays, len(test_x))
-    if n_overlay and jax.process_index() == 0:
-        segmetrics.write_overlays(
-            os.path.join(workdir, "overlays", "test"),
-            [data.keys[i].replace("#", "_") for i in manifest.test[:n_overlay]],
-            data.images[manifest.test[:n_overlay]],
-            test_y[:n_overlay],
-            preds[:n_overlay],
-        )
-    writer.write(int(state.step), {f"test/{m}": v for m, v in scored["test"].items()})
-    writer.close()
-    t = scored["test"]
-    log(
-        f"test (clusters matched on val as {scored['mapping']}): pixel_accuracy "
-        f"{t['pixel_accuracy']:.4f}, miou {t['miou']:.4f}, dice {t['dice']:.4f}, iou {t['iou']:.4f}, "
-        f"hd95 {t['hd95']:.2f}"
-    )
-    results = {
-        "method": "picie",
-        "label_fraction": 0.0,  # No training labels: the "unsupervised" row of the report.
-        "seed": config.seed,
-        "manifest_hash": manifest.hash,
-        "dataset": os.path.basename(os.path.normpath(str(data.root))),
-        "num_train": len(pool),
-        "num_unlabeled": len(pool),
-        "num_val": len(val_x),
-        "num_test": len(test_x),
-        "num_clusters": k,
-        "cluster_to_class": scored["mapping"],
-        "val": scored["val"],
-        "test": t,
-        "test_matched_on_test": scored["test_matched_on_test"],
-        "baselines": baselines(data, manifest, val_y, test_y, num_classes),
-        "init_from": segment._read_json(init_path),
-    }
-    for name, b in results["baselines"].items():
-        log(
-            f"baseline {name}: pixel_accuracy {b['pixel_accuracy']:.4f}, miou {b['miou']:.4f}, "
-            f"dice {b['dice']:.4f}, iou {b['iou']:.4f}"
-        )
-    prov = provenance.record(
-        config,
-        t_start=t_start,
-        source=FolderSource(data.root, verify=False),
-        manifest_hash=manifest.hash,
-        resumed_from_step=resume_step,
-    )
-    results["wall_time_s"] = prov["wall_time_s"]
-    results["environment"] = prov["environment"]
-    results["provenance"] = prov
-    write_json(os.path.join(workdir, "results.json"), results)
-    return results
+    return run.run(config, workdir, TRAINER)

@@ -1,4 +1,4 @@
-"""SimCLR pretraining (Chen et al. 2020; methods.md §6.1); the run itself is `trainers.pretrain.run`.
+"""SimCLR pretraining (Chen et al. 2020, "A Simple Framework for Contrastive Learning"); the run is core/run.py's.
 
 One forward pass over both views concatenated (BatchNorm statistics over all 2B images of the global batch,
 as the official code), NT-Xent over the global batch, LARS with warm-up + cosine.
@@ -14,7 +14,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from s4mi_jax.core import collapse, train_state
+from s4mi_jax.core import collapse, run, train_state
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment
 from s4mi_jax.losses.contrastive import embedding_std, nt_xent
@@ -48,19 +48,19 @@ def make_train_step(
     return train_step
 
 
-def method(config: ml_collections.ConfigDict) -> pretrain.Method:
-    return pretrain.Method(
+def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task:
+    s = config.aug.image_size
+    return pretrain.task(
+        config,
+        data,
         name="SimCLR",
         model_name=config.model.name,
         build_model=lambda rngs, channels: build_simclr_model(config.model, channels, rngs),
-        make_step=lambda graphdef, tx, *_: make_train_step(graphdef, tx, config.loss.temperature),
+        make_step=lambda a: make_train_step(a.graphdef, a.tx, config.loss.temperature),
         transform=augment.TwoViews(config.aug),
         device_views=device_augment.two_views(config.aug),
+        views={"view1": (s, s, data.channels), "view2": (s, s, data.channels)},
         views_per_image=2,
-        batch_shapes=lambda c: {
-            "view1": (config.aug.image_size, config.aug.image_size, c),
-            "view2": (config.aug.image_size, config.aug.image_size, c),
-        },
         probes={"": lambda m: m.encoder},
         collapse_advice=(
             "SimCLR needs negatives: raise config.batch_size or config.loss.temperature, or check "
@@ -69,12 +69,8 @@ def method(config: ml_collections.ConfigDict) -> pretrain.Method:
     )
 
 
+TRAINER = run.Trainer(pretrain.load_data, pretrain.abstract_data, task)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return pretrain.run(config, workdir, method(config))
-
-
-def aot_setup(config: ml_collections.ConfigDict, mesh):
-    return pretrain.aot_setup(config, mesh, method(config))
-
-
-load_data = pretrain.load_data  # The split is every pretraining method's (tests use it from here).
+    return run.run(config, workdir, TRAINER)
