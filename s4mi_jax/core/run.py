@@ -136,6 +136,10 @@ class Trainer:
     abstract_data: Callable[[ml_collections.ConfigDict], RunData]  # No file read (AOT, predict).
     task: Callable[[ml_collections.ConfigDict, RunData, Any], Task]  # (config, data, mesh)
 
+    def train_and_evaluate(self, config: ml_collections.ConfigDict, workdir: str) -> dict:
+        """`run` of this trainer (what `python -m s4mi_jax.main` does)."""
+        return run(config, workdir, self)
+
 
 @dataclasses.dataclass(frozen=True)
 class Built:

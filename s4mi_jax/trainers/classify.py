@@ -238,6 +238,4 @@ def _evaluator(ctx: run.Context, multilabel: bool) -> run.Evaluator:
 
 TRAINER = run.Trainer(load_data, abstract_data, task)
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return run.run(config, workdir, TRAINER)
+train_and_evaluate = TRAINER.train_and_evaluate

@@ -166,6 +166,4 @@ def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task
 
 TRAINER = run.Trainer(pretrain.load_data, pretrain.abstract_data, task)
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return run.run(config, workdir, TRAINER)
+train_and_evaluate = TRAINER.train_and_evaluate

@@ -227,6 +227,4 @@ def supervised_task(config: ml_collections.ConfigDict, data: run.RunData, mesh) 
 
 TRAINER = run.Trainer(load_data, abstract_data, supervised_task)
 
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    return run.run(config, workdir, TRAINER)
+train_and_evaluate = TRAINER.train_and_evaluate
