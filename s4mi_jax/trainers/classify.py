@@ -33,12 +33,7 @@ from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, device_augment, manifests, pipeline
-from s4mi_jax.data.sources import (
-    SubsetSource,
-    is_labeled,
-    open_eval_from_config,
-    source_keys,
-)
+from s4mi_jax.data.sources import SubsetSource, source_keys
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features, metrics, predictions
 from s4mi_jax.losses import classification as losses
@@ -142,11 +137,7 @@ def load_splits(config: ml_collections.ConfigDict):
         )
     for note in notes:
         log(note)
-    if config.data.eval_root:
-        test_source = open_eval_from_config(config.data, source)
-        test = SubsetSource(test_source, np.flatnonzero(is_labeled(test_source.labels)))
-    else:
-        test = SubsetSource(source, manifest.test)
+    test = manifests.test_source(config.data, source, manifest)
     return (
         source,
         manifest,

@@ -235,19 +235,19 @@ def score_clusters(
     return out
 
 
-def baselines(data, manifest, y_val, y_test, num_classes: int) -> dict:
+def baselines(val_images, test_images, y_val, y_test, num_classes: int) -> dict:
     """Label-free references: every pixel foreground (class 1), and a per-image threshold at the mean
     grey level (two "clusters", matched to classes on validation like PiCIE's)."""
     ones = np.ones_like(y_test)
     fg = clustering.matched_scores(ones, y_test, np.arange(2), num_classes)[0]
     fg.update(segmetrics.dataset_metrics(ones, y_test, num_classes)[0])
 
-    def threshold(idx):
-        gray = data.images[idx].astype(np.float32).mean(-1)
+    def threshold(images):
+        gray = images.astype(np.float32).mean(-1)
         return (gray > gray.mean(axis=(1, 2), keepdims=True)).astype(np.int32)
 
     thr = score_clusters(
-        threshold(manifest.val), y_val, threshold(manifest.test), y_test, 2, num_classes
+        threshold(val_images), y_val, threshold(test_images), y_test, 2, num_classes
     )
     return {"all_foreground": fg, "mean_intensity_threshold": thr["test"]}
 
@@ -305,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             clusters = kmeans_step(state, batch, rng_b, clusters, first=b == 0, fresh=fresh)
         return _set_centroids(state, clusters[0], clusters[2])
 
+    test_keys, test_images, test_y = segdata.test_split(config, data, manifest)  # Checked first.
     prepare_workdir(workdir, config)
     manifest.save(os.path.join(workdir, "manifest.json"))
     checkpointer = Checkpointer.for_run(workdir, config)
@@ -329,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     predict = make_predict_fn(graphdef)
     val_x, val_y = segdata.eval_arrays(data, manifest.val, config.aug)
-    test_x, test_y = segdata.eval_arrays(data, manifest.test, config.aug)
+    test_x = segdata.eval_images(test_images, config.aug)
     eval_batch = config.eval.batch_size
     sharding.check_batch_size(eval_batch, mesh, "config.eval.batch_size")
 
@@ -376,17 +377,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         clusters_of(state, val_x), val_y, clusters_of(state, test_x), test_y, k, num_classes
     )
     preds = scored.pop("test_preds")
-    per_image = [
-        {"key": data.keys[i], **r}
-        for i, r in zip(manifest.test, scored.pop("test_rows"), strict=True)
-    ]
+    per_image = [{"key": k, **r} for k, r in zip(test_keys, scored.pop("test_rows"), strict=True)]
     write_json(os.path.join(workdir, "test_per_image.json"), per_image)
     n_overlay = min(config.eval.overlays, len(test_x))
     if n_overlay and jax.process_index() == 0:
         segmetrics.write_overlays(
             os.path.join(workdir, "overlays", "test"),
-            [data.keys[i].replace("#", "_") for i in manifest.test[:n_overlay]],
-            data.images[manifest.test[:n_overlay]],
+            [k.replace("#", "_") for k in test_keys[:n_overlay]],
+            test_images[:n_overlay],
             test_y[:n_overlay],
             preds[:n_overlay],
         )
@@ -413,7 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "val": scored["val"],
         "test": t,
         "test_matched_on_test": scored["test_matched_on_test"],
-        "baselines": baselines(data, manifest, val_y, test_y, num_classes),
+        "baselines": baselines(data.images[manifest.val], test_images, val_y, test_y, num_classes),
         "init_from": segment._read_json(init_path),
     }
     for name, b in results["baselines"].items():
@@ -425,6 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config,
         t_start=t_start,
         source=FolderSource(data.root, verify=False),
+        eval_source=segdata.eval_folder(config),
         manifest_hash=manifest.hash,
         resumed_from_step=resume_step,
     )

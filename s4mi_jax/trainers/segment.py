@@ -320,6 +320,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
     graphdef, init, images_per_step = p.graphdef, p.init, p.images_per_step
     num_classes, train_idx, unl_idx = data.num_classes, manifest.train, manifest.unlabeled
     step_fn = train_state.jit_step(p.step, train_state.shardings_of(abstract_state), mesh)
+    test_keys, test_images, test_y = segdata.test_split(config, data, manifest)  # Checked first.
     prepare_workdir(workdir, config)
     manifest.save(os.path.join(workdir, "manifest.json"))
     checkpointer = Checkpointer.for_run(workdir, config)
@@ -359,11 +360,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
 
     predictors = {n: make_predict_fn(graphdef, net) for n, net in method.predictors.items()}
     val_x, val_y = segdata.eval_arrays(data, manifest.val, config.aug)
-    test_x, test_y = segdata.eval_arrays(data, manifest.test, config.aug)
+    test_x = segdata.eval_images(test_images, config.aug)
     eval_batch = config.eval.batch_size
     sharding.check_batch_size(eval_batch, mesh, "config.eval.batch_size")
     n_overlay = min(config.eval.overlays, len(test_x))
-    overlay_names = [data.keys[i].replace("#", "_") for i in manifest.test[:n_overlay]]
+    overlay_names = [k.replace("#", "_") for k in test_keys[:n_overlay]]
     lower_better = config.select_metric in ("hd95", "asd", "assd")
 
     def score(state, name, x, y):
@@ -391,7 +392,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
             segmetrics.write_overlays(
                 os.path.join(workdir, "overlays", f"step_{step}"),
                 overlay_names,
-                data.images[manifest.test[:n_overlay]],
+                test_images[:n_overlay],
                 test_y[:n_overlay],
                 preds,
             )
@@ -450,14 +451,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
         key = "test" + (f"_{name}" if name else "")
         results[key] = summary
         results["best_step" + (f"_{name}" if name else "")] = best[name]["step"]
-        per_image = [{"key": data.keys[i], **r} for i, r in zip(manifest.test, rows, strict=True)]
+        per_image = [{"key": k, **r} for k, r in zip(test_keys, rows, strict=True)]
         write_json(os.path.join(workdir, f"{key}_per_image.json"), per_image)
         writer.write(int(state.step), {f"{key}/{k}": v for k, v in summary.items()})
         if n_overlay and jax.process_index() == 0:
             segmetrics.write_overlays(
                 os.path.join(workdir, "overlays", key),
                 overlay_names,
-                data.images[manifest.test[:n_overlay]],
+                test_images[:n_overlay],
                 test_y[:n_overlay],
                 preds[:n_overlay],
             )
@@ -470,6 +471,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, method: SegMethod) -> d
         config,
         t_start=t_start,
         source=FolderSource(data.root, verify=False),  # Its images, masks and CSVs.
+        eval_source=segdata.eval_folder(config),
         manifest_hash=manifest.hash,
         resumed_from_step=resume_step,
     )
