@@ -249,6 +249,52 @@ def labeled_folder(
     return TestSplit([ext.keys[i] for i in idx], ext.images[idx], ext.masks[idx].astype(np.int32))
 
 
+def make_manifest(data: SegmentationData, config: ml_collections.ConfigDict) -> manifests.Manifest:
+    """The label-fraction manifest: `config.data.manifest` (e.g. a classification run's
+    manifest.json, reused as is), else a new one made as classification makes them (nested,
+    stratified by `labels.csv` class, patient-grouped); images without a mask are unlabeled.
+
+    A given manifest that puts an image without a mask into train/val/test is an error naming it.
+    """
+    if config.data.manifest:
+        if config.data.resize == "tile":
+            raise ConfigError("config.data.manifest works with config.data.resize='resize' only.")
+        manifest = manifests.Manifest.load(config.data.manifest, data.keys)
+        for split in ("train", "val", "test"):
+            missing = [data.keys[i] for i in getattr(manifest, split) if not data.has_mask[i]]
+            if missing:
+                raise DataError(
+                    f"manifest {config.data.manifest} puts {data.root / 'images' / missing[0]} in "
+                    f"its labeled {split} split, but it has no mask in {data.root / 'masks'}."
+                )
+        return manifest
+    return manifests.make_manifest(
+        data.keys,
+        data.strata,
+        data.groups,
+        fraction=config.label_fraction,
+        seed=config.seed,
+        split_seed=config.data.split_seed,
+        val_fraction=config.data.val_fraction,
+        test_fraction=config.data.test_fraction,
+    )
+
+
+class ArraySource:
+    """Grain source over rows `indices` of `data`: {"image" uint8, "mask" uint8, "index"}."""
+
+    def __init__(self, data: SegmentationData, indices: np.ndarray):
+        self.data = data
+        self.indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        j = int(self.indices[i])
+        return {"image": self.data.images[j], "mask": self.data.masks[j], "index": np.int32(j)}
+
+
 # ---- Augmentation ------------------------------------------------------------------------------
 
 
