@@ -342,16 +342,29 @@ def table(scored: dict) -> str:
     columns = [k for k in scored if k == "test" or k.startswith("test_") and k != "test_ci95"]
     ci = scored.get("test_ci95", {})
     metrics = list(scored[columns[0]])
-    width = max(len(m) for m in metrics) + 2
-    head = f"{'metric':<{width}}" + "".join(f"{c:>14}" for c in columns)
-    head += "   95% CI" if ci else ""
-    lines = [head]
+    width = max(len(m) for m in ["metric", *metrics]) + 2
+    cols = [max(12, len(c) + 2) for c in columns]
+
+    def cell(value, w: int) -> str:
+        if isinstance(value, int) or (
+            isinstance(value, float) and value.is_integer() and value > 1
+        ):
+            return f"{int(value):>{w}d}"
+        return f"{value:>{w}.4f}"
+
+    lines = [
+        f"{'metric':<{width}}"
+        + "".join(f"{c:>{w}}" for c, w in zip(columns, cols, strict=True))
+        + ("   95% CI" if ci else "")
+    ]
     for m in metrics:
-        row = f"{m:<{width}}" + "".join(f"{scored[c].get(m, float('nan')):>14.4f}" for c in columns)
+        row = f"{m:<{width}}" + "".join(
+            cell(scored[c].get(m, float("nan")), w) for c, w in zip(columns, cols, strict=True)
+        )
         if m in ci:
             row += f"   [{ci[m][0]:.4f}, {ci[m][1]:.4f}]"
         lines.append(row)
-    return "\n".join(lines)
+    return f"{scored['num_test']} test image(s), {scored['source']}\n" + "\n".join(lines)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
