@@ -35,6 +35,7 @@ import csv
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,13 @@ def _by_name(files: list[str], values: list, path: str) -> dict[str, Any]:
 
 
 def _matched(names: list[str], predicted: dict[str, Any], folder: str) -> list:
+    """The prediction of each labeled image, by file name: every one needs exactly one."""
+    twice = sorted(n for n, c in Counter(names).items() if c > 1)
+    if twice:
+        raise DataError(
+            f"--predictions={folder}: the labeled images share file names (e.g. {twice[0]!r}), so "
+            "predictions cannot be matched to them by name; score the checkpoint instead."
+        )
     missing = [n for n in names if n not in predicted]
     if missing:
         raise DataError(
@@ -231,8 +239,8 @@ def _read_masks(folder: str, keys: list[str], root, config, num_classes: int) ->
     images = Path(root) / "images" if (Path(root) / "images").is_dir() else Path(root)
     pieces: dict[str, np.ndarray] = {}
     for name, mask_path in zip(names, _matched(names, by_name, folder), strict=True):
-        if not os.path.isabs(mask_path) and not os.path.exists(mask_path):
-            mask_path = os.path.join(folder, "masks", os.path.basename(mask_path))
+        here = os.path.join(folder, "masks", os.path.basename(mask_path))
+        mask_path = here if os.path.exists(here) else mask_path  # The folder may have moved.
         with Image.open(images / name) as im:
             w, h = im.size
         mask = read_mask(mask_path, (h, w), images / name)

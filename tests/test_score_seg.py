@@ -106,3 +106,32 @@ def test_score_of_predict_masks_equals_the_checkpoint(runs, tmp_path):
     from_model = score.score(runs["plain"], data_root=folder, log=lambda m: None)
     _same(from_masks["test"], from_model["test"])
     assert "dice" in score.table(from_masks)
+
+
+def test_bad_inputs_are_one_line_and_exit_2(runs, tmp_path, capsys):
+    from absl import flags
+
+    no_masks = make_seg_folder(tmp_path / "no_masks", n=2, size=32, unlabeled=(0, 1))
+    os.rmdir(os.path.join(no_masks, "masks"))
+    partial = tmp_path / "partial"
+    predict.run(
+        runs["plain"], [os.path.join(runs["folder"], "images", "im01.png")], str(partial),
+        log=lambda m: None,
+    )  # fmt: skip
+    cases = {
+        "has no masks/ folder": [f"--data_root={no_masks}"],
+        "no prediction for 4 of the 5": [
+            f"--data_root={runs['folder']}",
+            f"--predictions={partial}",
+        ],
+        "one network; leave it out": ["--network=transformer"],
+    }
+    for expected, args in cases.items():
+        fv = flags.FlagValues()
+        score.define_flags(fv)
+        fv(["score", f"--workdir={runs['plain']}", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            score.main(["score"], fv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(lines) == 1, (expected, lines)
+        assert lines[0].startswith("score: error: ") and expected in lines[0], (expected, lines)
