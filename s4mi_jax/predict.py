@@ -28,6 +28,9 @@ finished prediction; `skipped.csv` is written even then.
 Exit status: 0 when at least one image was predicted (even if others were skipped), 1 when none could be
 read (no image found, or every file unreadable), 2 for a bad workdir, checkpoint or flag.
 
+The model loading (`restore_classifier`, `restore_segmenter`) is shared with `s4mi_jax.score`, which
+scores the same models on labeled data.
+
 Adding a task: `TASKS` maps the workdir config's `trainer` to a loader `(config, workdir, checkpoint,
 batch_size, network) -> Predictor`; a Predictor turns decoded images into outputs (`predict`) and opens
 a writer for them (`writer(output_dir)` with `add(files, images, outputs)` per chunk and `close()`).
