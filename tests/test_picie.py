@@ -17,6 +17,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from configs import picie_ph2
 from s4mi_jax import kmeans
 from s4mi_jax.core import sharding, train_state
+from s4mi_jax.data import segmentation as segdata
 from s4mi_jax.evaluators import clustering
 from s4mi_jax.losses import picie as L
 from s4mi_jax.trainers import picie
@@ -220,6 +221,30 @@ def test_tiny_picie_run_writes_results(tmp_path):
     assert set(results["baselines"]) == {"all_foreground", "mean_intensity_threshold"}
     metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert any("val/miou" in m for m in metrics)
+
+
+def test_picie_eval_root_replaces_only_the_test_split(tmp_path):
+    root = make_seg_folder(tmp_path / "data", n=20, size=16, unlabeled=(0, 1))
+    folder = make_seg_folder(tmp_path / "external", n=4, size=16, unlabeled=(0,), seed=3)
+    config = override(
+        picie_ph2.get_config("local"),
+        **{
+            "data.root": root,
+            "data.verify": False,
+            "aug.image_size": 16,
+            "total_epochs": 1.0,
+            "picie.kmeans_batches": 1,
+            "eval.overlays": 0,
+        },
+    )
+    data = segdata.load(config.data, 16)
+    plain = segdata.make_manifest(data, config)
+    config.data.eval_root = folder
+    results = picie.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["manifest_hash"] == plain.hash  # Train/val/unlabeled unchanged.
+    assert results["num_test"] == 3  # The folder's images with a mask.
+    per_image = json.load(open(tmp_path / "run" / "test_per_image.json"))
+    assert [r["key"] for r in per_image] == ["im01.png", "im02.png", "im03.png"]
 
 
 @pytest.mark.parametrize(
