@@ -323,6 +323,8 @@ def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigD
         num_classes=2,
         resize=resize,  # "resize" the whole image, or "tile" it (variable-size microscopy).
         manifest=placeholder(str),  # Reuse a saved manifest.json (e.g. a classification run's).
+        # A separate images/ + masks/ test folder: replaces the carved test split, nothing else.
+        eval_root=placeholder(str),
         split_seed=0,
         val_fraction=0.1,
         test_fraction=0.2,

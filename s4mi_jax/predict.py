@@ -28,6 +28,9 @@ finished prediction; `skipped.csv` is written even then.
 Exit status: 0 when at least one image was predicted (even if others were skipped), 1 when none could be
 read (no image found, or every file unreadable), 2 for a bad workdir, checkpoint or flag.
 
+The model loading (`restore_classifier`, `restore_segmenter`) is shared with `s4mi_jax.score`, which
+scores the same models on labeled data.
+
 Adding a task: `TASKS` maps the workdir config's `trainer` to a loader `(config, workdir, checkpoint,
 batch_size, network) -> Predictor`; a Predictor turns decoded images into outputs (`predict`) and opens
 a writer for them (`writer(output_dir)` with `add(files, images, outputs)` per chunk and `close()`).
@@ -196,6 +199,36 @@ def _replicated_mesh(config: ml_collections.ConfigDict, batch_size: int | None):
     return mesh, -(-(batch_size or config.eval.batch_size) // n) * n
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassifierModel:
+    """A `classify` run's restored model: what `predict` and `s4mi_jax.score` both evaluate, so the
+    two cannot load a run differently."""
+
+    config: ml_collections.ConfigDict
+    state: Any
+    mesh: Any
+    batch_size: int
+    class_names: list[str]
+    channels: int
+    multilabel: bool
+    folder: str
+    step: int
+    logits_fn: Callable
+
+    def probabilities(self, source) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, probabilities) of every record of `source`, as the run's test evaluation."""
+        logits, labels = features.extract(
+            self.logits_fn,
+            self.state.params,
+            self.state.model_state,
+            source,
+            self.config.aug,
+            batch_size=self.batch_size,
+            mesh=self.mesh,
+        )
+        return labels, predictions.probabilities(logits, self.multilabel)
+
+
 def build_for_checkpoint(config: ml_collections.ConfigDict, mesh, **data: Any):
     """(task, built) of `config`'s trainer with the checkpoint's data facts (`channels`,
     `num_classes`, `multilabel` set in `config.data`): `core.run.build`, as the run built it."""
@@ -210,6 +243,41 @@ def build_for_checkpoint(config: ml_collections.ConfigDict, mesh, **data: Any):
     return task, run.build(config, mesh, task, facts)
 
 
+def restore_classifier(
+    config: ml_collections.ConfigDict, workdir: str, checkpoint: str, batch_size: int | None
+) -> ClassifierModel:
+    """A `classify` run's model at `checkpoint` (`best` by default: the one the run tested)."""
+    folder, step = resolve_checkpoint(workdir, checkpoint)
+    meta = _meta(folder, step)
+    if "class_names" not in meta:
+        raise ConfigError(
+            f"{folder}/{step}: the checkpoint does not record its classes and channels (a run from "
+            "before s4mi_jax.predict existed); rerun the training command to write a new checkpoint."
+        )
+    class_names, channels = list(meta["class_names"]), int(meta["in_channels"])
+    mesh, batch_size = _replicated_mesh(config, batch_size)
+    multilabel = bool(meta["multilabel"])
+    _, built = build_for_checkpoint(
+        config, mesh, channels=channels, num_classes=len(class_names), multilabel=multilabel
+    )
+    graphdef, abstract_state = built.graphdef, built.abstract_state
+    ckpt = Checkpointer(folder)
+    state = ckpt.restore(abstract_state, None, step)
+    ckpt.close()
+    return ClassifierModel(
+        config=config,
+        state=state,
+        mesh=mesh,
+        batch_size=batch_size,
+        class_names=class_names,
+        channels=channels,
+        multilabel=multilabel,
+        folder=folder,
+        step=step,
+        logits_fn=features.make_embed_fn(graphdef, lambda m: m),  # As the run's evaluation.
+    )
+
+
 def load_classifier(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -220,45 +288,16 @@ def load_classifier(
     """A `classify` run's model at `checkpoint`: images -> class probabilities (N, C)."""
     if network is not None:
         raise ConfigError(f"--network={network}: a classifier has one network; leave it out.")
-    folder, step = resolve_checkpoint(workdir, checkpoint)
-    meta = _meta(folder, step)
-    if "class_names" not in meta:
-        raise ConfigError(
-            f"{folder}/{step}: the checkpoint does not record its classes and channels (a run from "
-            "before s4mi_jax.predict existed); rerun the training command to write a new checkpoint."
-        )
-    class_names, channels = list(meta["class_names"]), int(meta["in_channels"])
-    multilabel = bool(meta["multilabel"])
-    mesh, batch_size = _replicated_mesh(config, batch_size)
-    _, built = build_for_checkpoint(
-        config, mesh, channels=channels, num_classes=len(class_names), multilabel=multilabel
-    )
-    graphdef, abstract_state = built.graphdef, built.abstract_state
-    ckpt = Checkpointer(folder)
-    state = ckpt.restore(abstract_state, None, step)
-    ckpt.close()
-    logits_fn = features.make_embed_fn(graphdef, lambda m: m)  # As the run's evaluation.
-
-    def predict(images: list[np.ndarray]) -> np.ndarray:
-        logits, _ = features.extract(
-            logits_fn,
-            state.params,
-            state.model_state,
-            _Images(images),
-            config.aug,
-            batch_size=batch_size,
-            mesh=mesh,
-        )
-        return predictions.probabilities(logits, multilabel)
-
+    model = restore_classifier(config, workdir, checkpoint, batch_size)
+    class_names, multilabel = model.class_names, model.multilabel
     return Predictor(
-        channels=channels,
-        batch_size=batch_size,
-        predict=predict,
+        channels=model.channels,
+        batch_size=model.batch_size,
+        predict=lambda images: model.probabilities(_Images(images))[1],
         writer=lambda out: _ProbabilityCsv(out, class_names, multilabel),
         description=(
             f"{config.method} classifier ({config.model.name}, {len(class_names)} classes"
-            f"{', multi-label' if multilabel else ''}) at step {step} of {folder}"
+            f"{', multi-label' if multilabel else ''}) at step {model.step} of {model.folder}"
         ),
     )
 
@@ -316,22 +355,53 @@ class _MaskPngs:
 SEG_NETWORKS = {"cross_teaching": {"cnn": "", "transformer": "transformer"}}
 
 
-def load_segmenter(
+@dataclasses.dataclass(frozen=True)
+class SegmenterModel:
+    """One network of a segmentation run, restored: what `predict` and `s4mi_jax.score` both run."""
+
+    config: ml_collections.ConfigDict
+    state: Any
+    mesh: Any
+    batch_size: int
+    num_classes: int
+    channels: int
+    network: str  # The method's predictor key ("" = its first network, "transformer", ...).
+    folder: str
+    step: int
+    predict_fn: Callable
+
+    def class_maps(self, images: np.ndarray) -> np.ndarray:
+        """Class maps (N, S, S) of normalised model-size images, as the run's evaluation."""
+        from s4mi_jax.evaluators import pixel_predict
+
+        return pixel_predict.predict_all(
+            self.predict_fn, self.state, images, self.batch_size, self.mesh
+        )
+
+
+def segmentation_networks(config: ml_collections.ConfigDict) -> list[str]:
+    """The method's networks (predictor keys), the one it reports as `test` first."""
+    import jax
+
+    from s4mi_jax import trainers
+
+    trainer = trainers.get(config.trainer)
+    one = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), jax.devices()[:1])
+    return list(trainer.task(config, trainer.abstract_data(config), one).networks)
+
+
+def restore_segmenter(
     config: ml_collections.ConfigDict,
     workdir: str,
     checkpoint: str,
     batch_size: int | None,
     network: str | None = None,
-) -> Predictor:
-    """A `segment` / `fixmatch_seg` / `cross_teaching` run's network at `checkpoint`: images -> class
-    maps (H, W) at each image's own size.
-
-    As the run's evaluation: the image is brought to the model size by `segdata.to_model_size`
-    (`config.data.resize`: whole-image bilinear resize, or tiles) and normalised by
-    `segdata.eval_images`; the network (eval mode) is the one the run selected and tested
-    (`pixel_predict.make_predict_fn`, `predict_all`). The class map is brought back to the image's size by
-    `segdata.from_model_size` (nearest neighbour, or the tiles put back)."""
-    from s4mi_jax.data import segmentation as segdata
+    *,
+    key: str | None = None,
+) -> SegmenterModel:
+    """A `segment` / `fixmatch_seg` / `cross_teaching` run's network at `checkpoint`, from its own
+    best checkpoint: `network` as `--network` names it (cnn | transformer), or the predictor `key`;
+    default the method's first (its `test`)."""
     from s4mi_jax.evaluators import pixel_predict
 
     networks = SEG_NETWORKS.get(config.trainer, {})
@@ -340,7 +410,8 @@ def load_segmenter(
             f"--network={network}: a {config.trainer} run has "
             + (f"networks {sorted(networks)}." if networks else "one network; leave it out.")
         )
-    key = networks[network] if network is not None else ""
+    if key is None:
+        key = networks[network] if network is not None else segmentation_networks(config)[0]
     folder, step = resolve_checkpoint(workdir, checkpoint, "best" + (f"_{key}" if key else ""))
     meta = _meta(folder, step)
     channels = meta.get("in_channels", config.data.get("channels"))
@@ -359,13 +430,44 @@ def load_segmenter(
     ckpt = Checkpointer(folder)
     state = ckpt.restore(abstract_state, None, step)
     ckpt.close()
-    predict_fn = pixel_predict.make_predict_fn(graphdef, task.networks[key])
+    return SegmenterModel(
+        config=config,
+        state=state,
+        mesh=mesh,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        channels=int(channels),
+        network=key,
+        folder=folder,
+        step=step,
+        predict_fn=pixel_predict.make_predict_fn(graphdef, task.networks[key]),
+    )
+
+
+def load_segmenter(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    checkpoint: str,
+    batch_size: int | None,
+    network: str | None = None,
+) -> Predictor:
+    """A `segment` / `fixmatch_seg` / `cross_teaching` run's network at `checkpoint`: images -> class
+    maps (H, W) at each image's own size.
+
+    As the run's evaluation: the image is brought to the model size by `segdata.to_model_size`
+    (`config.data.resize`: whole-image bilinear resize, or tiles) and normalised by
+    `segdata.eval_images`; the network (eval mode) is the one the run selected and tested
+    (`pixel_predict.make_predict_fn`, `predict_all`). The class map is brought back to the image's size by
+    `segdata.from_model_size` (nearest neighbour, or the tiles put back)."""
+    from s4mi_jax.data import segmentation as segdata
+
+    model = restore_segmenter(config, workdir, checkpoint, batch_size, network)
     size, mode = config.aug.image_size, config.data.resize
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
         pieces = [segdata.to_model_size(image, None, mode, size) for image in images]
         x = segdata.eval_images(np.stack([p[1] for ps in pieces for p in ps]), config.aug)
-        maps = pixel_predict.predict_all(predict_fn, state, x, batch_size, mesh)
+        maps = model.class_maps(x)
         out, start = [], 0
         for image, ps in zip(images, pieces, strict=True):
             corners = [p[0] for p in ps]
@@ -377,15 +479,15 @@ def load_segmenter(
             start += len(ps)
         return out
 
-    which = f"{network or 'cnn'} network, " if networks else ""
+    which = f"{network or 'cnn'} network, " if SEG_NETWORKS.get(config.trainer) else ""
     return Predictor(
-        channels=int(channels),
-        batch_size=batch_size,
+        channels=model.channels,
+        batch_size=model.batch_size,
         predict=predict,
-        writer=lambda out: _MaskPngs(out, num_classes),
+        writer=lambda out: _MaskPngs(out, model.num_classes),
         description=(
-            f"{config.trainer} segmenter ({which}{num_classes} classes, {mode} to {size}) at "
-            f"step {step} of {folder}"
+            f"{config.trainer} segmenter ({which}{model.num_classes} classes, {mode} to {size}) at "
+            f"step {model.step} of {model.folder}"
         ),
     )
 

@@ -147,7 +147,7 @@ def test_simclr_data_split_with_and_without_eval_root(tmp_path):
     )
     config = local_config(**{"data.eval_root": str(tmp_path)})
     pretrain, probe_train, probe_test, _ = pretrain_sources(config)
-    assert (len(pretrain), len(probe_train), len(probe_test)) == (288, 288, 6)
+    assert (len(pretrain), len(probe_train), len(probe_test)) == (224, 224, 6)  # Same split.
     assert probe_test.labels.tolist() == [0, 1, 0, 1, 0, 1]
 
 

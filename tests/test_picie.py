@@ -17,6 +17,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from configs import picie_ph2
 from s4mi_jax import kmeans
 from s4mi_jax.core import sharding, train_state
+from s4mi_jax.data import segmentation as segdata
 from s4mi_jax.evaluators import clustering
 from s4mi_jax.losses import picie as L
 from s4mi_jax.models import picie as picie_model
@@ -223,6 +224,30 @@ def test_tiny_picie_run_writes_results(tmp_path):
     assert any("val/miou" in m for m in metrics)
 
 
+def test_picie_eval_root_replaces_only_the_test_split(tmp_path):
+    root = make_seg_folder(tmp_path / "data", n=20, size=16, unlabeled=(0, 1))
+    folder = make_seg_folder(tmp_path / "external", n=4, size=16, unlabeled=(0,), seed=3)
+    config = override(
+        picie_ph2.get_config("local"),
+        **{
+            "data.root": root,
+            "data.verify": False,
+            "aug.image_size": 16,
+            "total_epochs": 1.0,
+            "picie.kmeans_batches": 1,
+            "eval.overlays": 0,
+        },
+    )
+    data = segdata.load(config.data, 16)
+    plain = segdata.make_manifest(data, config)
+    config.data.eval_root = folder
+    results = picie.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["manifest_hash"] == plain.hash  # Train/val/unlabeled unchanged.
+    assert results["num_test"] == 3  # The folder's images with a mask.
+    per_image = json.load(open(tmp_path / "run" / "test_per_image.json"))
+    assert [r["key"] for r in per_image] == ["im01.png", "im02.png", "im03.png"]
+
+
 @pytest.mark.parametrize(
     "key,value,match",
     [
@@ -255,7 +280,9 @@ def test_ssl_encoder_loads_into_the_fpn_and_nothing_else(tmp_path):
     from s4mi_jax.models import weights
 
     config = picie_ph2.get_config("local")
-    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: picie_model.build_model(config, 3, nnx.Rngs(0))))
+    graphdef, shapes = nnx.split(
+        nnx.eval_shape(lambda: picie_model.build_model(config, 3, nnx.Rngs(0)))
+    )
 
     def model(seed):  # Random values in every variable (positive: BatchNorm variances).
         rng = np.random.default_rng(seed)

@@ -44,7 +44,12 @@ def _setup(trainer, config, devices, weights=None):
     )
     cfg = config.fixmatch if trainer is fixmatch_seg else config.cross_teaching
     step = trainer.make_train_step(graphdef, tx, weights, config.data.num_classes, cfg)
-    return mesh, graphdef, init, train_state.jit_step(step, train_state.shardings_of(abstract), mesh)
+    return (
+        mesh,
+        graphdef,
+        init,
+        train_state.jit_step(step, train_state.shardings_of(abstract), mesh),
+    )
 
 
 def test_cross_teaching_each_network_learns_from_the_others_pseudo_labels():
@@ -87,7 +92,9 @@ def _one_vs_eight(trainer, config, seed: int, rtol: float):
         batches = [_batch(config, rng, np.float64) for _ in range(2)]
         out = {}
         for n in (1, 8):
-            mesh, _, init, step = _setup(trainer, config, jax.devices()[:n], jnp.asarray([0.6, 2.0]))
+            mesh, _, init, step = _setup(
+                trainer, config, jax.devices()[:n], jnp.asarray([0.6, 2.0])
+            )
             state, logs = init(), []
             for i, b in enumerate(batches):
                 key = jax.random.fold_in(state.rng, i)

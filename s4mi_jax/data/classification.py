@@ -10,7 +10,7 @@ import numpy as np
 
 from s4mi_jax.core.loop import log
 from s4mi_jax.data import manifests
-from s4mi_jax.data.sources import SubsetSource, is_labeled, open_eval_from_config
+from s4mi_jax.data.sources import SubsetSource
 from s4mi_jax.errors import DataError
 
 
@@ -37,11 +37,7 @@ def load_splits(config: ml_collections.ConfigDict) -> Splits:
         )
     for note in notes:
         log(note)
-    if config.data.eval_root:
-        test_source = open_eval_from_config(config.data, source)
-        test = SubsetSource(test_source, np.flatnonzero(is_labeled(test_source.labels)))
-    else:
-        test = SubsetSource(source, manifest.test)
+    test = manifests.test_source(config.data, source, manifest)
     return Splits(
         source,
         manifest,

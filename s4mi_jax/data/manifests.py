@@ -41,7 +41,14 @@ from typing import Any
 import numpy as np
 
 from s4mi_jax.data import validate
-from s4mi_jax.data.sources import is_labeled, notes_of, open_from_config, source_keys
+from s4mi_jax.data.sources import (
+    SubsetSource,
+    is_labeled,
+    notes_of,
+    open_from_config,
+    open_test_folder,
+    source_keys,
+)
 from s4mi_jax.data.splits import hash_rank
 from s4mi_jax.errors import DataError
 
@@ -393,9 +400,46 @@ def open_and_split(data, *, fraction: float, seed: int):
         seed=seed,
         split_seed=data.split_seed,
         val_fraction=data.val_fraction,
-        test_fraction=0.0 if data.get("eval_root") else data.test_fraction,
+        # The same with and without data.eval_root (it replaces only the test split: `test_source`).
+        test_fraction=data.test_fraction,
     )
     notes = notes_of(source) + validate.check_splits(
         manifest, source.class_names, fraction, accept, root=source.root
     )
     return source, manifest, notes
+
+
+def test_source(data, source, manifest: Manifest) -> SubsetSource:
+    """The test split of classification and of pretraining's linear probe: the manifest's carved test
+    patients, or, with `data.eval_root`, every labeled image of that folder (read with the training
+    data's channels and class names).
+
+    Why only the test split: the manifest (train/val/unlabeled, its hash) must be the same with and
+    without an external test set, so a finished run can be re-scored on one (`s4mi_jax.score`) and
+    runs with and without it train on the same images.
+    """
+    if not data.get("eval_root"):
+        return SubsetSource(source, manifest.test)
+    return labeled_test_folder(
+        data.eval_root,
+        data,
+        source.channels,
+        source.class_names,
+        multilabel=source.labels.ndim == 2,
+    )
+
+
+def labeled_test_folder(
+    root: str,
+    data,
+    channels: int,
+    class_names: Sequence[str],
+    *,
+    multilabel: bool,
+    what: str = "config.data.eval_root",
+) -> SubsetSource:
+    """The labeled images of the folder `root`, checked against the training data's label kind and
+    classes; `what` names the folder in errors (`config.data.eval_root`, `--data_root`)."""
+    folder = open_test_folder(root, data, channels, class_names)
+    validate.check_test_labels(folder, class_names, multilabel, f"{what}={root}")
+    return SubsetSource(folder, np.flatnonzero(is_labeled(folder.labels)))

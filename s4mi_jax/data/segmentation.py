@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import grain
 import jax
@@ -130,24 +131,40 @@ def from_model_size(
 
 def load(data_cfg: ml_collections.ConfigDict, image_size: int) -> SegmentationData:
     """Reads and checks every image and mask of `data_cfg.root` and brings them to the model size."""
-    if data_cfg.resize not in RESIZE_MODES:
-        raise ConfigError(
-            f"config.data.resize={data_cfg.resize!r}: expected one of {RESIZE_MODES}."
-        )
     if not data_cfg.root:
         raise ConfigError(
             "config.data.root is not set: a folder with images/ and masks/ is needed."
         )
+    return load_folder(data_cfg.root, data_cfg, image_size)
+
+
+def load_folder(
+    root: str | Path,
+    data_cfg: ml_collections.ConfigDict,
+    image_size: int,
+    *,
+    channels: int | None = None,
+    what: str = "config.data.root",
+) -> SegmentationData:
+    """`load` of any image+mask folder, read as `data_cfg` says (resize mode, classes); `channels`
+    overrides `data_cfg.channels` so a test folder is read like the training data it is compared
+    with. `what` names the folder in errors (`config.data.eval_root`, `--data_root`)."""
+    if data_cfg.resize not in RESIZE_MODES:
+        raise ConfigError(
+            f"config.data.resize={data_cfg.resize!r}: expected one of {RESIZE_MODES}."
+        )
     folder = FolderSource(
-        data_cfg.root,
-        channels=data_cfg.channels,
+        root,
+        channels=data_cfg.channels if channels is None else channels,
         verify=False,
         class_names=validate.class_names_of(data_cfg),
         accept_label_warnings=bool(data_cfg.get("accept_label_warnings", False)),
     )
     root = folder.root
     if not (root / "masks").is_dir():
-        raise DataError(f"{root} has no masks/ folder: segmentation needs root/masks/<stem>.png.")
+        raise DataError(
+            f"{what}={root} has no masks/ folder: segmentation needs root/masks/<stem>.png."
+        )
     _check_folder(root)
     num_classes = int(data_cfg.num_classes)
     keys, images, masks, has_mask, groups, strata = [], [], [], [], [], []
@@ -182,6 +199,54 @@ def load(data_cfg: ml_collections.ConfigDict, image_size: int) -> SegmentationDa
         channels=folder.channels,
         num_classes=num_classes,
     )
+
+
+def eval_folder(config: ml_collections.ConfigDict) -> FolderSource | None:
+    """`config.data.eval_root` as a source for provenance (its images, masks and CSVs), or None."""
+    root = config.data.get("eval_root")
+    return FolderSource(root, verify=False) if root else None
+
+
+class TestSplit(NamedTuple):
+    """The images a segmentation run is tested on, at the model size: keys (file name, `#y_x` for a
+    tile), uint8 images (N, S, S, C) and int32 masks (N, S, S)."""
+
+    keys: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+
+
+def test_split(
+    config: ml_collections.ConfigDict, data: SegmentationData, manifest: manifests.Manifest
+) -> TestSplit:
+    """The test split of every segmentation trainer: the manifest's carved test patients, or, with
+    `config.data.eval_root`, every image with a mask in that folder (same layout as `data.root`, read
+    with the training data's channels, model size, resize mode and classes).
+
+    Why here, and only the test split: the manifest (train/val/unlabeled and its hash) must not
+    depend on whether an external test set is used, so a run can be re-scored on another folder and
+    runs with and without one train on the same images.
+    """
+    eval_root = config.data.get("eval_root")
+    if not eval_root:
+        idx = manifest.test
+        return TestSplit(
+            [data.keys[i] for i in idx], data.images[idx], data.masks[idx].astype(np.int32)
+        )
+    return labeled_folder(eval_root, config, data.channels)
+
+
+def labeled_folder(
+    root: str | Path,
+    config: ml_collections.ConfigDict,
+    channels: int,
+    what: str = "config.data.eval_root",
+) -> TestSplit:
+    """Every image with a mask in the folder `root` (`config.data.eval_root`, `s4mi_jax.score
+    --data_root`), read as the run's data: `channels`, model size, resize mode and classes."""
+    ext = load_folder(root, config.data, config.aug.image_size, channels=channels, what=what)
+    idx = np.flatnonzero(ext.has_mask)
+    return TestSplit([ext.keys[i] for i in idx], ext.images[idx], ext.masks[idx].astype(np.int32))
 
 
 def make_manifest(data: SegmentationData, config: ml_collections.ConfigDict) -> manifests.Manifest:

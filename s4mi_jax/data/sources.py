@@ -479,10 +479,17 @@ def open_from_config(data) -> object:
 def open_eval_from_config(data, train_source) -> object:
     """`config.data.eval_root`, read with the training source's channels and class names (so a test
     folder holding only some of the classes numbers them as training does)."""
+    return open_test_folder(data.eval_root, data, train_source.channels, train_source.class_names)
+
+
+def open_test_folder(root: str, data, channels: int, class_names: Sequence[str]) -> object:
+    """A labeled test folder (`config.data.eval_root`, `s4mi_jax.score --data_root`) read with the
+    training data's channels and class names (so a folder holding only some of the classes numbers
+    them as training does)."""
     return open_source(
-        data.eval_root,
-        channels=train_source.channels,
+        root,
+        channels=channels,
         verify=data.verify,
-        class_names=validate.class_names_of(data) or list(train_source.class_names) or None,
+        class_names=validate.class_names_of(data) or list(class_names) or None,
         accept_label_warnings=bool(data.get("accept_label_warnings", False)),
     )

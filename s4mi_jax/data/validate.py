@@ -385,7 +385,7 @@ def check_splits(
     for split in ("train", "val", "test"):
         counts = manifest.counts[split]
         if split != "train" and counts["samples"] == 0:
-            continue  # No such split (test_fraction=0 with an eval_root, or val_fraction=0).
+            continue  # No such split (test_fraction=0 or val_fraction=0).
         per_class = counts["per_class"]
         lacking = sorted(c for c in all_classes if per_class.get(c, 0) == 0)
         if not lacking:
@@ -414,6 +414,33 @@ def check_splits(
                 f"{message}, or set config.data.accept_label_warnings=True to run anyway."
             )
     return warnings_out
+
+
+def check_test_labels(
+    source, class_names: Sequence[str], multilabel: bool, where: str = "config.data.eval_root"
+) -> None:
+    """A labeled test folder (`config.data.eval_root`, `s4mi_jax.score --data_root`) must hold labeled
+    images of the kind and classes the model was trained on: its metrics compare like with like."""
+    labels = np.asarray(source.labels)
+    labeled = (labels >= 0).all(axis=1) if labels.ndim == 2 else labels >= 0
+    if not labeled.any():
+        raise DataError(
+            f"{where}: no labeled images (a labels.csv with filename,label is needed to test on it)."
+        )
+    if (labels.ndim == 2) != multilabel:
+        kind = "multi-label" if labels.ndim == 2 else "single-label"
+        raise DataError(
+            f"{where}: its labels.csv is {kind}, but the model was trained on "
+            f"{'multi' if multilabel else 'single'}-label data."
+        )
+    names, want = [str(c) for c in source.class_names], [str(c) for c in class_names]
+    if multilabel and names != want:
+        raise DataError(
+            f"{where}: label columns {names[:12]}, but the model's classes are {want[:12]} "
+            "(same names, same order needed)."
+        )
+    if not multilabel and len(names) > len(want):
+        raise DataError(f"{where}: classes {names[len(want) :]} are not among the model's {want}.")
 
 
 def open_image_checked(path: str | Path):

@@ -89,19 +89,19 @@ def score_clusters(
     return out
 
 
-def baselines(data, manifest, y_val, y_test, num_classes: int) -> dict:
+def baselines(val_images, test_images, y_val, y_test, num_classes: int) -> dict:
     """Label-free references: every pixel foreground (class 1), and a per-image threshold at the mean
     grey level (two "clusters", matched to classes on validation like PiCIE's)."""
     ones = np.ones_like(y_test)
     fg = matched_scores(ones, y_test, np.arange(2), num_classes)[0]
     fg.update(segmetrics.dataset_metrics(ones, y_test, num_classes)[0])
 
-    def threshold(idx):
-        gray = data.images[idx].astype(np.float32).mean(-1)
+    def threshold(images):
+        gray = images.astype(np.float32).mean(-1)
         return (gray > gray.mean(axis=(1, 2), keepdims=True)).astype(np.int32)
 
     thr = score_clusters(
-        threshold(manifest.val), y_val, threshold(manifest.test), y_test, 2, num_classes
+        threshold(val_images), y_val, threshold(test_images), y_test, 2, num_classes
     )
     return {"all_foreground": fg, "mean_intensity_threshold": thr["test"]}
 
@@ -109,11 +109,11 @@ def baselines(data, manifest, y_val, y_test, num_classes: int) -> dict:
 def picie_evaluator(ctx: run.Context) -> run.Evaluator:
     """No model selection (it would use labels): validation only monitors; the final model is
     tested, its clusters matched to classes on validation."""
-    config, mesh, (data, manifest, pool) = ctx.config, ctx.mesh, ctx.data.content
+    config, mesh, (data, manifest, pool, test_split) = ctx.config, ctx.mesh, ctx.data.content
     k, num_classes = int(config.picie.num_clusters), data.num_classes
     predict = picie_model.make_predict_fn(ctx.built.graphdef)
     val_x, val_y = segdata.eval_arrays(data, manifest.val, config.aug)
-    test_x, test_y = segdata.eval_arrays(data, manifest.test, config.aug)
+    test_x, test_y = segdata.eval_images(test_split.images, config.aug), test_split.masks
     sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
 
     def clusters_of(state, x):
@@ -135,14 +135,14 @@ def picie_evaluator(ctx: run.Context) -> run.Evaluator:
             clusters_of(state, val_x), val_y, clusters_of(state, test_x), test_y, k, num_classes
         )
         preds, rows = scored.pop("test_preds"), scored.pop("test_rows")
-        per_image = [{"key": data.keys[i], **r} for i, r in zip(manifest.test, rows, strict=True)]
+        per_image = [{"key": k, **r} for k, r in zip(test_split.keys, rows, strict=True)]
         write_json(os.path.join(ctx.workdir, "test_per_image.json"), per_image)
         n_overlay = min(config.eval.overlays, len(test_x))
         if n_overlay and jax.process_index() == 0:
             segmetrics.write_overlays(
                 os.path.join(ctx.workdir, "overlays", "test"),
-                [data.keys[i].replace("#", "_") for i in manifest.test[:n_overlay]],
-                data.images[manifest.test[:n_overlay]],
+                [k.replace("#", "_") for k in test_split.keys[:n_overlay]],
+                test_split.images[:n_overlay],
                 test_y[:n_overlay],
                 preds[:n_overlay],
             )
@@ -153,7 +153,7 @@ def picie_evaluator(ctx: run.Context) -> run.Evaluator:
             f"{t['pixel_accuracy']:.4f}, miou {t['miou']:.4f}, dice {t['dice']:.4f}, iou "
             f"{t['iou']:.4f}, hd95 {t['hd95']:.2f}"
         )
-        base = baselines(data, manifest, val_y, test_y, num_classes)
+        base = baselines(data.images[manifest.val], test_split.images, val_y, test_y, num_classes)
         for name, b in base.items():
             log(
                 f"baseline {name}: pixel_accuracy {b['pixel_accuracy']:.4f}, miou {b['miou']:.4f}, "

@@ -48,21 +48,21 @@ def predict_all(predict, state, images: np.ndarray, batch_size: int, mesh) -> np
 def evaluator(ctx: run.Context, name: str, predictors: dict, semi: bool) -> run.Evaluator:
     """Validation every `eval_every` steps selects each network on `select_metric`; overlays of a few
     test images at each evaluation; the test split once, at the end, with each selected network."""
-    config, mesh, (data, manifest, _) = ctx.config, ctx.mesh, ctx.data.content
+    config, mesh, (data, manifest, _, test_split) = ctx.config, ctx.mesh, ctx.data.content
     fns = {n: make_predict_fn(ctx.built.graphdef, net) for n, net in predictors.items()}
     val_x, val_y = segdata.eval_arrays(data, manifest.val, config.aug)
-    test_x, test_y = segdata.eval_arrays(data, manifest.test, config.aug)
+    test_x, test_y = segdata.eval_images(test_split.images, config.aug), test_split.masks
     sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
     eval_batch = config.eval.batch_size
     n_overlay = min(config.eval.overlays, len(test_x))
-    overlay_names = [data.keys[i].replace("#", "_") for i in manifest.test[:n_overlay]]
+    overlay_names = [k.replace("#", "_") for k in test_split.keys[:n_overlay]]
 
     def overlays(folder: str, preds: np.ndarray) -> None:
         if n_overlay and jax.process_index() == 0:  # A few test images, for the eye only.
             segmetrics.write_overlays(
                 os.path.join(ctx.workdir, "overlays", folder),
                 overlay_names,
-                data.images[manifest.test[:n_overlay]],
+                test_split.images[:n_overlay],
                 test_y[:n_overlay],
                 preds[:n_overlay],
             )
@@ -106,9 +106,7 @@ def evaluator(ctx: run.Context, name: str, predictors: dict, semi: bool) -> run.
             summary, rows, preds = score(best.restore(net, state), net, test_x, test_y)
             key, suffix = "test" + (f"_{net}" if net else ""), f"_{net}" if net else ""
             results[key], results["best_step" + suffix] = summary, best.step(net)
-            per_image = [
-                {"key": data.keys[i], **r} for i, r in zip(manifest.test, rows, strict=True)
-            ]
+            per_image = [{"key": k, **r} for k, r in zip(test_split.keys, rows, strict=True)]
             write_json(os.path.join(ctx.workdir, f"{key}_per_image.json"), per_image)
             ctx.writer.write(int(state.step), {f"{key}/{k}": v for k, v in summary.items()})
             overlays(key, preds)

@@ -131,6 +131,7 @@ class PicieContent(NamedTuple):
     data: Any  # data/segmentation.SegmentationData
     manifest: Any
     pool: np.ndarray  # Every training image, labeled or not (no mask is read for training).
+    test: segdata.TestSplit  # The manifest's test split, or `data.eval_root`.
 
 
 def load_data(config: ml_collections.ConfigDict) -> run.RunData:
@@ -138,13 +139,17 @@ def load_data(config: ml_collections.ConfigDict) -> run.RunData:
     manifest = segdata.make_manifest(data, config)
     _check_config(config, data.num_classes)
     pool = np.sort(np.concatenate([manifest.train, manifest.unlabeled]))
+    test = segdata.test_split(config, data, manifest)  # Checked before anything is written.
     return run.RunData(
         channels=data.channels,
         num_examples=len(pool),
         manifest=manifest,
-        sources={"dataset": FolderSource(data.root, verify=False)},
+        sources={
+            "dataset": FolderSource(data.root, verify=False),
+            "eval_dataset": segdata.eval_folder(config),
+        },
         meta={"manifest_hash": manifest.hash, "label_fraction": 0.0},
-        content=PicieContent(data, manifest, pool),
+        content=PicieContent(data, manifest, pool, test),
     )
 
 
@@ -190,7 +195,7 @@ def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task
     if c is not None:
         summary = (
             f"picie: {len(c.pool)} training images (no masks used), val {len(c.manifest.val)}, "
-            f"test {len(c.manifest.test)}; K={k}"
+            f"test {len(c.test.keys)}; K={k}"
         )
     return run.Task(
         name="picie",

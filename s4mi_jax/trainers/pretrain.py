@@ -20,7 +20,7 @@ from s4mi_jax.core import run
 from s4mi_jax.core.loop import log
 from s4mi_jax.core.metric_writer import write_json
 from s4mi_jax.data import device_augment, manifests, pipeline
-from s4mi_jax.data.sources import SubsetSource, is_labeled, open_eval_from_config
+from s4mi_jax.data.sources import SubsetSource
 from s4mi_jax.errors import DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
@@ -48,17 +48,7 @@ def load_sources(config: ml_collections.ConfigDict) -> Sources:
     if manifest is None:  # Unlabeled data: pretraining only, nothing to probe.
         return Sources(source, None, None, None)
     pretrain = SubsetSource(source, np.union1d(manifest.train_pool, manifest.unlabeled))
-    if config.data.eval_root:
-        test = open_eval_from_config(config.data, source)
-        test_labeled = np.flatnonzero(is_labeled(test.labels))
-        if len(test_labeled) == 0:
-            raise DataError(
-                f"config.data.eval_root={config.data.eval_root}: no labeled images "
-                "(a labels.csv with filename,label is needed for the linear probe)."
-            )
-        probe_test = SubsetSource(test, test_labeled)
-    else:
-        probe_test = SubsetSource(source, manifest.test)
+    probe_test = manifests.test_source(config.data, source, manifest)
     return Sources(pretrain, SubsetSource(source, manifest.train), probe_test, manifest)
 
 

@@ -87,6 +87,7 @@ class SegContent(NamedTuple):
     data: Any  # data/segmentation.SegmentationData
     manifest: Any
     weights: np.ndarray | None  # Median-frequency class weights of the labeled training masks.
+    test: segdata.TestSplit  # The manifest's test split, or `data.eval_root`.
 
 
 def load_data(config: ml_collections.ConfigDict) -> run.RunData:
@@ -105,11 +106,16 @@ def load_data(config: ml_collections.ConfigDict) -> run.RunData:
             f"config.loss.class_weights={config.loss.class_weights!r}: expected "
             "'median_frequency' or 'none'."
         )
+    test = segdata.test_split(config, data, manifest)  # Checked before anything is written.
     return run.RunData(
         channels=data.channels,
         num_examples=len(manifest.train),
         manifest=manifest,
-        sources={"dataset": FolderSource(data.root, verify=False)},  # Its images, masks and CSVs.
+        # Their images, masks and CSVs.
+        sources={
+            "dataset": FolderSource(data.root, verify=False),
+            "eval_dataset": segdata.eval_folder(config),
+        },
         # With config.json, what `s4mi_jax.predict` needs to rebuild the model.
         meta={
             "manifest_hash": manifest.hash,
@@ -117,7 +123,7 @@ def load_data(config: ml_collections.ConfigDict) -> run.RunData:
             "in_channels": int(data.channels),
             "num_classes": int(data.num_classes),
         },
-        content=SegContent(data, manifest, weights),
+        content=SegContent(data, manifest, weights, test),
     )
 
 
@@ -168,7 +174,7 @@ def task(
         summary = (
             f"{name}: {len(c.manifest.train)} labeled training images ({config.label_fraction:.0%} "
             f"of the pool, manifest {c.manifest.hash[:12]}), {n_unl} unlabeled, val "
-            f"{len(c.manifest.val)}, test {len(c.manifest.test)}"
+            f"{len(c.manifest.val)}, test {len(c.test.keys)}"
         )
     return run.Task(
         name=name,
