@@ -160,7 +160,7 @@ def run(
     name: str = "",
     prefetch: int | None = None,
 ) -> dict:
-    """Measures `config` (a SimCLR/DINO/CASS config) on this machine's devices; returns the result.
+    """Measures `config` (any registered trainer: its own step and iterator) on this machine's devices.
 
     `steps` timed steps each for synthetic (half before, half after end to end) and end to end.
     `prefetch`: batches the loop's reader thread keeps on the devices (core/loop.py; 0: none, the

@@ -229,9 +229,12 @@ class ClassifierModel:
         return labels, predictions.probabilities(logits, self.multilabel)
 
 
-def build_for_checkpoint(config: ml_collections.ConfigDict, mesh, **data: Any):
-    """(task, built) of `config`'s trainer with the checkpoint's data facts (`channels`,
-    `num_classes`, `multilabel` set in `config.data`): `core.run.build`, as the run built it."""
+def restore_checkpoint(
+    config: ml_collections.ConfigDict, mesh, folder: str, step: int, **data: Any
+):
+    """(task, built, state): `config`'s trainer built as the run built it (`core.run.build`) with the
+    checkpoint's data facts (`channels`, `num_classes`, `multilabel` set in `config.data`), and the
+    state of `folder` at `step` restored into it."""
     from s4mi_jax import trainers
     from s4mi_jax.core import run
 
@@ -240,7 +243,11 @@ def build_for_checkpoint(config: ml_collections.ConfigDict, mesh, **data: Any):
     trainer = trainers.get(config.trainer)
     facts = trainer.abstract_data(config)
     task = trainer.task(config, facts, mesh)
-    return task, run.build(config, mesh, task, facts)
+    built = run.build(config, mesh, task, facts)
+    ckpt = Checkpointer(folder)
+    state = ckpt.restore(built.abstract_state, None, step)
+    ckpt.close()
+    return task, built, state
 
 
 def restore_classifier(
@@ -257,13 +264,15 @@ def restore_classifier(
     class_names, channels = list(meta["class_names"]), int(meta["in_channels"])
     mesh, batch_size = _replicated_mesh(config, batch_size)
     multilabel = bool(meta["multilabel"])
-    _, built = build_for_checkpoint(
-        config, mesh, channels=channels, num_classes=len(class_names), multilabel=multilabel
+    _, built, state = restore_checkpoint(
+        config,
+        mesh,
+        folder,
+        step,
+        channels=channels,
+        num_classes=len(class_names),
+        multilabel=multilabel,
     )
-    graphdef, abstract_state = built.graphdef, built.abstract_state
-    ckpt = Checkpointer(folder)
-    state = ckpt.restore(abstract_state, None, step)
-    ckpt.close()
     return ClassifierModel(
         config=config,
         state=state,
@@ -274,7 +283,7 @@ def restore_classifier(
         multilabel=multilabel,
         folder=folder,
         step=step,
-        logits_fn=features.make_embed_fn(graphdef, lambda m: m),  # As the run's evaluation.
+        logits_fn=features.make_embed_fn(built.graphdef, lambda m: m),  # As the run's evaluation.
     )
 
 
@@ -423,13 +432,9 @@ def restore_segmenter(
         )
     num_classes = int(meta.get("num_classes", config.data.num_classes))
     mesh, batch_size = _replicated_mesh(config, batch_size)
-    task, built = build_for_checkpoint(
-        config, mesh, channels=int(channels), num_classes=num_classes
+    task, built, state = restore_checkpoint(
+        config, mesh, folder, step, channels=int(channels), num_classes=num_classes
     )
-    graphdef, abstract_state = built.graphdef, built.abstract_state
-    ckpt = Checkpointer(folder)
-    state = ckpt.restore(abstract_state, None, step)
-    ckpt.close()
     return SegmenterModel(
         config=config,
         state=state,
@@ -440,7 +445,7 @@ def restore_segmenter(
         network=key,
         folder=folder,
         step=step,
-        predict_fn=pixel_predict.make_predict_fn(graphdef, task.networks[key]),
+        predict_fn=pixel_predict.make_predict_fn(built.graphdef, task.networks[key]),
     )
 
 

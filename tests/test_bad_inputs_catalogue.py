@@ -663,13 +663,13 @@ def _tiff16_in(png: Path, dtype: str) -> None:
 
 @pytest.mark.parametrize("name, make", ACCEPTED, ids=[c[0] for c in ACCEPTED])
 def test_inspect_data_accepts_what_main_accepts(tmp_path, name, make):
-    """Files as people write them: the trainer's data path (`classify.load_splits`, what main runs
+    """Files as people write them: the trainer's data path (`data.classification.load_splits`, what main runs
     before building the model) and the inspector both accept them, and read the same labels/patients."""
-    from s4mi_jax.trainers import classify
+    from s4mi_jax.data import classification
 
     root = make(tmp_path / "data")
     config = _config({"data.root": str(root)})
-    source, manifest, *_ = classify.load_splits(config)
+    source, manifest, *_ = classification.load_splits(config)
     report = inspect_data.inspect(str(root))
     assert report.ok, [f.message for f in report.findings]
     assert report.summary["labeled"] == int((source.labels >= 0).sum())
@@ -731,9 +731,9 @@ def test_home_relative_data_root(tmp_path, monkeypatch):
 def test_accept_switch_lets_label_warnings_through(tmp_path):
     root = dataset(tmp_path / "data", labels=names()[:10] + ["Normal", "Normal"])
     config = _config({"data.root": str(root), "data.accept_label_warnings": True})
-    from s4mi_jax.trainers import classify
+    from s4mi_jax.data import classification
 
-    source, *_ = classify.load_splits(config)
+    source, *_ = classification.load_splits(config)
     assert source.class_names == ["NORMAL", "Normal", "PNEUMONIA"]
     assert inspect_data.inspect(str(root), accept_label_warnings=True).ok
     assert not inspect_data.inspect(str(root)).ok
