@@ -282,7 +282,10 @@ def _main(argv: list[str]) -> None:
     if not _DRY_RUN.value:
         print(f"compile cache shared by every cell: {cache}", flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _on_signal)
+            if (
+                signal.getsignal(sig) is not signal.SIG_IGN
+            ):  # `nohup`, a script's `&`: keep ignoring.
+                signal.signal(sig, _on_signal)
     locked: list[str] = []  # Cells running elsewhere, and cells that start from one of them.
     for i, (workdir, args) in enumerate(runs, start=1):
         command = [sys.executable, "-m", "s4mi_jax.main", *args]

@@ -27,7 +27,7 @@ def test_second_acquire_is_refused_naming_the_holder_and_release_tidies(tmp_path
     lock = workdir_lock.acquire(str(workdir))
     assert lock is not None and (workdir / ".lock").read_text().startswith(f"{os.getpid()} on ")
     with pytest.raises(
-        workdir_lock.WorkdirLocked, match=rf"{workdir} is in use .*PID {os.getpid()}"
+        workdir_lock.WorkdirLocked, match=rf"{workdir} is in use: PID {os.getpid()} on "
     ):
         workdir_lock.acquire(str(workdir))  # Another open file description: flock refuses it.
     assert workdir_lock.holder(str(workdir)).startswith(str(os.getpid()))

@@ -37,8 +37,8 @@ class WorkdirLocked(S4MIError):
         self.workdir, self.holder = workdir, holder
         who = f"PID {holder}" if holder else "another process"
         super().__init__(
-            f"workdir {workdir} is in use by a running run ({who} holds {lock_path(workdir)}); "
-            "stop that run first, or use another --workdir."
+            f"workdir {workdir} is in use: {who} holds its lock {lock_path(workdir)} (a run still "
+            "going, e.g. another copy of this command); stop it first, or use another --workdir."
         )
 
 
