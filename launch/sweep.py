@@ -11,6 +11,17 @@ validation or test images); `linear_probe` and `finetune` cells start from it. E
 skipped, an interrupted one resumes from its own checkpoint, so rerunning the command finishes the sweep.
 `--dry_run` prints the commands without running them.
 
+Stopping: Ctrl-C, SIGTERM or SIGHUP stops the cell running now, as a preemption (SIGTERM: it saves a
+checkpoint and exits; after `--stop_grace_s` it is killed; a second Ctrl-C kills it at once), then the
+sweep exits 128+signal. The cell runs in its own process group and gets SIGTERM from the kernel if the
+sweep is killed outright (kill -9; `s4mi_jax/core/lifeline.py`), so no cell trains on as an orphan.
+A cell whose workdir is locked by a live run (another sweep, a hand-started rerun;
+`s4mi_jax/core/workdir_lock.py`) is reported and skipped, with the cells that start from it, and the
+sweep goes on; it then exits 1 naming them: rerun the command once they finish. (Not waiting: the other
+run may take hours, and this sweep's remaining cells need not.)
+Every cell uses one persistent compilation cache (`--compile_cache`, resolved once here and passed as
+S4MI_COMPILE_CACHE): cells of one config compile their programs once.
+
 Segmentation (S4MI's semi-supervised claim): `--methods=supervised_seg,fixmatch_seg,cross_teaching`
 with `--fractions=0.1,0.3,0.5,0.7,1.0` runs the PH2 configs (`--variant=''` for the default scale, or
 `nuclei` / `lung`); the semi-supervised methods skip 100% (no unlabeled images left) and nothing is
@@ -22,10 +33,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 from absl import app, flags
+
+# `python launch/sweep.py` puts launch/ (not the repo root) on sys.path; make the package importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from s4mi_jax.core import lifeline, workdir_lock  # noqa: E402
 
 NEEDS_PRETRAINING = ("linear_probe", "finetune")
 # Segmentation methods (the S4MI semi-supervised claim) and their config files; the semi-supervised
@@ -89,6 +107,11 @@ _CELL_OVERRIDES = flags.DEFINE_multi_string(
     "cell_override", [], "Extra `key=value` config overrides for every classification cell."
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+_STOP_GRACE = flags.DEFINE_float(
+    "stop_grace_s",
+    600.0,
+    "On Ctrl-C / SIGTERM: seconds the running cell gets to save its checkpoint before it is killed.",
+)
 if "compile_cache" not in flags.FLAGS:  # s4mi_jax.core.compile_cache may have defined it.
     flags.DEFINE_string(
         "compile_cache",
@@ -157,7 +180,89 @@ def plan(
     return runs
 
 
+class _Stop:
+    """What the signal handler tells the loop: the first signal received, when, and a second one."""
+
+    signum: int | None = None
+    since: float = 0.0
+    now: bool = False
+
+
+def _on_signal(signum: int, frame) -> None:
+    """Only records (printing or signalling from a handler can interrupt the loop mid-write)."""
+    del frame
+    if _Stop.signum is None:
+        _Stop.signum, _Stop.since = signum, time.monotonic()
+    else:  # A second Ctrl-C: no more waiting.
+        _Stop.now = True
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to the cell's process group (its data-loading workers too), else to the cell alone."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    except OSError:
+        proc.send_signal(sig)
+
+
+def _run_cell(command: list[str], env: dict[str, str], label: str) -> int:
+    """Runs one cell to its end, or until a signal stops it; returns its exit code. The cell never
+    outlives this function: however it ends (a signal, an exception here), the cell is stopped (SIGTERM,
+    then SIGKILL after --stop_grace_s) and reaped."""
+    proc = subprocess.Popen(command, env=lifeline.child_env(env), preexec_fn=lifeline.preexec_fn())
+    forwarded = False
+    try:
+        print(f"{label} pid {proc.pid}", flush=True)
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if _Stop.signum is not None and not forwarded:
+                name = signal.Signals(_Stop.signum).name
+                print(
+                    f"sweep: {name}: stopping the running cell (pid {proc.pid}) as a preemption: "
+                    f"it saves a checkpoint (killed after {_STOP_GRACE.value:.0f} s, or at a second "
+                    "Ctrl-C)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _signal_group(proc, signal.SIGTERM)
+                forwarded = True
+            if _Stop.now or (forwarded and time.monotonic() - _Stop.since > _STOP_GRACE.value):
+                _signal_group(proc, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            if not forwarded:
+                _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=_STOP_GRACE.value)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+
+def _cache_env() -> tuple[dict[str, str], str]:
+    """The environment of every cell: one compilation cache folder for all (or 'off'), and its name."""
+    from s4mi_jax.core import compile_cache
+
+    folder = compile_cache.resolve(_COMPILE_CACHE.value)
+    env = dict(os.environ, **{compile_cache.ENV: folder or "off"})
+    return env, folder or "off"
+
+
 def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:  # `sweep.py --dry_run | head`: the reader has all it wants.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # The exit's flush of stdout must not fail again.
+        sys.exit(128 + signal.SIGPIPE)
+
+
+def _main(argv: list[str]) -> None:
     del argv
     if not _SWEEP_DIR.value:
         raise app.UsageError("--sweep_dir is required: the sweep's output folder.")
@@ -173,23 +278,54 @@ def main(argv: list[str]) -> None:
         cell_overrides=_CELL_OVERRIDES.value,
         cell_config=_CELL_CONFIG.value,
     )
-    env = dict(os.environ)
-    if _COMPILE_CACHE.value is not None:
-        env["S4MI_COMPILE_CACHE"] = _COMPILE_CACHE.value
+    env, cache = _cache_env()
+    if not _DRY_RUN.value:
+        print(f"compile cache shared by every cell: {cache}", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if (
+                signal.getsignal(sig) is not signal.SIG_IGN
+            ):  # `nohup`, a script's `&`: keep ignoring.
+                signal.signal(sig, _on_signal)
+    locked: list[str] = []  # Cells running elsewhere, and cells that start from one of them.
     for i, (workdir, args) in enumerate(runs, start=1):
         command = [sys.executable, "-m", "s4mi_jax.main", *args]
+        label = f"[{i}/{len(runs)}]"
         done = os.path.exists(os.path.join(workdir, "results.json"))
-        print(
-            f"[{i}/{len(runs)}] {'done, skipped: ' if done else ''}{shlex.join(command)}",
-            flush=True,
-        )
+        holder = None if done else workdir_lock.holder(workdir)
+        waits_for = [d for d in locked if f"--config.init_from={d}" in args]
+        if holder or waits_for:
+            why = f"running elsewhere (PID {holder})" if holder else f"needs {waits_for[0]}"
+            print(f"{label} {why}, skipped: {shlex.join(command)}", flush=True)
+            locked.append(workdir)
+            continue
+        print(f"{label} {'done, skipped: ' if done else ''}{shlex.join(command)}", flush=True)
         if done or _DRY_RUN.value:
             continue
-        result = subprocess.run(command, env=env)
-        if result.returncode != 0:
-            sys.exit(
-                f"run failed (exit {result.returncode}): {workdir}; rerun to resume the sweep."
-            )
+        if _Stop.signum is not None:
+            break
+        returncode = _run_cell(command, env, label)
+        if _Stop.signum is not None:
+            break
+        if returncode != 0:
+            holder = workdir_lock.holder(workdir)
+            if holder:  # Another sweep started it between our check and the cell's own.
+                print(f"{label} running elsewhere (PID {holder}), skipped", flush=True)
+                locked.append(workdir)
+                continue
+            sys.exit(f"run failed (exit {returncode}): {workdir}; rerun to resume the sweep.")
+    if _Stop.signum is not None:
+        name = signal.Signals(_Stop.signum).name
+        print(f"sweep stopped by {name}; rerun the same command to resume it.", file=sys.stderr)
+        sys.exit(128 + _Stop.signum)
+    if locked:
+        message = (
+            f"{len(locked)} cell(s) skipped, running elsewhere or waiting for one that is: "
+            f"{', '.join(locked)}. Rerun this command once they finish to complete the sweep."
+        )
+        if _DRY_RUN.value:
+            print(message, file=sys.stderr)
+        else:
+            sys.exit(message)
 
 
 if __name__ == "__main__":

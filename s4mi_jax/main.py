@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from s4mi_jax import trainers
 from s4mi_jax.cli import config_file_flag, one_line, parse_flags
-from s4mi_jax.core import compile_cache, distributed, run
+from s4mi_jax.core import compile_cache, distributed, lifeline, run, workdir_lock
 from s4mi_jax.core.loop import log
 from s4mi_jax.data import validate
 from s4mi_jax.errors import S4MIError
@@ -70,6 +70,7 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # Orbax/Grain INFO logs drown the progress lines.
         logging.set_verbosity(logging.WARNING)
     compile_cache.enable_from_flag()  # Warm start: reruns and sweep cells skip recompiling.
+    lifeline.watch_parent()  # A sweep's cell: stop (checkpoint, exit) if the sweep is killed.
     try:  # Before anything starts a JAX backend (log() does).
         distributed.initialize(
             distributed.Settings(
@@ -101,17 +102,26 @@ def main(argv: list[str]) -> None:
     if workdir is None:
         workdir = default_workdir(config_arg)
         log(f"--workdir not given; using {os.path.abspath(workdir)}")
-    log(
-        f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) in "
-        f"{jax.process_count()} process(es)"
-    )
-    try:
-        results = run.run(config, workdir, trainers.get(config.trainer))
+    try:  # One run per workdir: a second copy (a sweep cell started twice) is refused here.
+        lock = workdir_lock.acquire(workdir, jax.process_index())
     except S4MIError as e:
-        # Raised under a JAX transform, the message carries JAX's note on filtered frames: drop it.
-        message = str(e).split("\n--------------------")[0]
-        print(f"s4mi_jax: error: {message}", file=sys.stderr)
+        print(f"s4mi_jax: error: {e}", file=sys.stderr)
         sys.exit(2)
+    try:
+        log(
+            f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) in "
+            f"{jax.process_count()} process(es)"
+        )
+        try:
+            results = run.run(config, workdir, trainers.get(config.trainer))
+        except S4MIError as e:
+            # Raised under a JAX transform, the message carries JAX's note on filtered frames: drop it.
+            message = str(e).split("\n--------------------")[0]
+            print(f"s4mi_jax: error: {message}", file=sys.stderr)
+            sys.exit(2)
+    finally:  # Held until here (main runs in-process in the tests: the next main may reuse the workdir).
+        if lock is not None:
+            lock.release()
     log(f"done: results in {os.path.join(workdir, 'results.json')}" if results else "done")
 
 

@@ -21,6 +21,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # Commands the tests start as subprocesses use the same cache, not the user's (core/compile_cache.py).
 os.environ.setdefault("S4MI_COMPILE_CACHE", os.path.abspath(_CACHE))
+# ... and cache every program, as the in-process tests do (JAX's default skips those compiled in < 1 s,
+# most of a tiny test run): a subprocess test's second compile of a program is then a cache read.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS(sys.argv[:1])

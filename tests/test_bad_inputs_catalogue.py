@@ -34,7 +34,7 @@ from s4mi_jax.cli import parse_flags
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.metric_writer import prepare_workdir
 from s4mi_jax.data import manifests
-from tests.helpers import override
+from tests.helpers import HANG_GUARD_S, override
 
 ROOT = Path(__file__).resolve().parents[1]
 SUP = "--config=configs/supervised_chest.py:local"
@@ -759,7 +759,7 @@ def _subprocess(module: str, *args: str):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
 
 

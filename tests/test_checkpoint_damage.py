@@ -103,7 +103,7 @@ def tiny_filesystem(tmp_path):
         done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
             capture_output=True,
-            timeout=10,
+            timeout=120,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs here: {e}")
@@ -112,7 +112,7 @@ def tiny_filesystem(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=120)
 
 
 @pytest.mark.parametrize("async_save", [False, True])

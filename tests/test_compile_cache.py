@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from s4mi_jax.core import compile_cache
+from tests.helpers import HANG_GUARD_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +57,7 @@ def test_main_fills_the_default_cache_and_off_disables_it(tmp_path):
         env=_env(tmp_path),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     default = tmp_path / "xdg" / "s4mi_jax" / "jax"
@@ -67,7 +68,7 @@ def test_main_fills_the_default_cache_and_off_disables_it(tmp_path):
         env=_env(tmp_path, XDG_CACHE_HOME=str(tmp_path / "xdg2"), S4MI_COMPILE_CACHE="off"),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )
     assert off.returncode == 0, off.stderr[-2000:]
     assert not (tmp_path / "xdg2" / "s4mi_jax").exists()

@@ -10,6 +10,7 @@ import pytest
 from s4mi_jax.core import distributed
 from s4mi_jax.core.distributed import Settings
 from s4mi_jax.errors import ConfigError
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def test_partial_settings_are_a_one_line_error():
     proc = subprocess.run(
         [sys.executable, "-m", "s4mi_jax.main", "--config=configs/simclr_chest.py:local",
          "--coordinator_address=127.0.0.1:1", "--workdir=/nonexistent/never"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

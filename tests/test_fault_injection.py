@@ -22,13 +22,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from s4mi_jax.core import metric_writer
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = 40
 CKPT_EVERY = 4
 KILLS = 3
 SEED = 1234
-TIMEOUT_S = 600  # Per process; a process start costs ~10 s (~30 s with a cold compile cache).
+TIMEOUT_S = HANG_GUARD_S  # Per process: a hang guard (a start costs ~10 s idle, minutes loaded).
 TOL = 1e-6
 ARGS = (
     "--config=configs/simclr_chest.py:local",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 TPU = ["--name=s4mi", "--zone=us-central2-b"]
@@ -22,7 +24,7 @@ def _dry_run(script, *args):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -64,7 +66,7 @@ def test_tpu_vm_run_without_arguments_is_refused():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_GUARD_S,
     )
     assert proc.returncode != 0 and "give the s4mi_jax.main arguments after --" in proc.stderr
 
@@ -114,7 +116,7 @@ def test_slurm_script_sets_coordinator_for_every_task(tmp_path):
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node[17-18]",
                SLURM_NNODES="2")  # fmt: skip
     proc = subprocess.run(["bash", str(tmp_path / "job.sbatch")], env=env, capture_output=True,
-                          text=True, timeout=30)  # fmt: skip
+                          text=True, timeout=HANG_GUARD_S)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         f"node17:29500 2 {i} 0,1 | -m s4mi_jax.main --workdir=/x y --config=c.py" for i in (0, 1)

@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from s4mi_jax.data.sources import SAMPLE_ROOT
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "--config=configs/simclr_chest.py:local"
 
 
-def run_main(*args, timeout=300):
+def run_main(*args, timeout=HANG_GUARD_S):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # One CPU device, as a user's laptop.
     return subprocess.run(
@@ -105,7 +106,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
         if line.startswith("step 3/"):
             proc.send_signal(signal.SIGTERM)
             break
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 0, err[-3000:]
     assert "SIGTERM: saved checkpoint at step" in out
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())

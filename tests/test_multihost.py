@@ -22,7 +22,7 @@ from s4mi_jax.data import augment, pipeline
 from s4mi_jax.models.simclr import build_simclr_model
 from s4mi_jax.trainers import pretrain
 from tests.conftest import _CACHE
-from tests.helpers import local_config, max_abs_diff
+from tests.helpers import HANG_GUARD_S, local_config, max_abs_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT = 5  # --heartbeat_timeout for the kill test: a dead peer stops the job after about this.
@@ -64,7 +64,7 @@ def _start(args, *, devices=4, process_id=None, port=None, x64=False, heartbeat=
             "--num_processes=2",
             f"--process_id={process_id}",
             f"--heartbeat_timeout={heartbeat}",
-            "--initialization_timeout=60",
+            "--initialization_timeout=600",  # Both processes start and import: minutes when loaded.
         ]
     return subprocess.Popen(
         cmd,
@@ -81,7 +81,7 @@ def _start_pair(args, **kw):
     return [_start(args, process_id=i, port=port, **kw) for i in range(2)]
 
 
-def _finish(procs, timeout=480):  # A hang guard; a loaded 2-core machine needs minutes.
+def _finish(procs, timeout=HANG_GUARD_S):  # A hang guard; a loaded 2-core machine needs minutes.
     outs = []
     for p in procs:
         try:
@@ -172,7 +172,7 @@ def test_sigterm_on_one_process_saves_on_all_then_resumes_on_one(tmp_path):
         if line.startswith("step 2/"):
             procs[1].send_signal(signal.SIGTERM)  # The non-coordinator: the signal must travel.
             break
-    outs = _finish(procs, timeout=120)
+    outs = _finish(procs)
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "SIGTERM: saved checkpoint at step" in outs[0][0]
@@ -182,7 +182,7 @@ def test_sigterm_on_one_process_saves_on_all_then_resumes_on_one(tmp_path):
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(iter_files)
 
     resumed = _start([*args, f"--config.halt_at_step={saved[0] + 1}"], devices=1)
-    out, err = resumed.communicate(timeout=120)
+    out, err = resumed.communicate(timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, err[-3000:]
     assert f"resumed from step {saved[0]}" in out
     assert "1 cpu device(s) in 1 process(es)" in out

@@ -17,6 +17,7 @@ from PIL import Image
 
 from s4mi_jax.errors import DataError, S4MIError
 from s4mi_jax.evaluators import report
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("simclr", "supervised")
@@ -245,7 +246,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_GUARD_S,
     )
 
 

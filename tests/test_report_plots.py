@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from s4mi_jax.evaluators import report
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_sweep_report_writes_fraction_and_curve_plots(tmp_path):
     proc = subprocess.run(
         [sys.executable, "launch/report.py", f"--sweep_dir={sweep}", f"--out={out}"],
         cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("accuracy.png", "curves_train_loss.png"):

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from s4mi_jax.data.sources import IMAGE_EXTENSIONS, read_image, read_mask
+from s4mi_jax.data.image_io import IMAGE_EXTENSIONS, read_image, read_mask
 from s4mi_jax.errors import DataError
 
 _NAN2 = np.array([np.nan, np.nan], np.float32)

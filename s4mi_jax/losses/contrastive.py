@@ -11,13 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from s4mi_jax.ops import l2_normalize
+
 _LARGE_NUM = 1e9
-
-
-def l2_normalize(z: jax.Array) -> jax.Array:
-    """Rows scaled to unit norm, in at least float32 (the losses never run in bf16)."""
-    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
-    return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-24))
 
 
 def embedding_std(z: jax.Array) -> jax.Array:

@@ -27,12 +27,10 @@ import jax.numpy as jnp
 from s4mi_jax import kmeans
 from s4mi_jax.errors import ConfigError
 
+# Re-exported (redundant alias): trainers/picie.py calls it as `L.l2_normalize`.
+from s4mi_jax.ops import l2_normalize as l2_normalize
+
 CLASS_WEIGHTS = ("frequency", "inverse", "none")
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Unit vectors along the last axis (torch `F.normalize(p=2)`)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def random_boxes(

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from s4mi_jax.errors import ConfigError
-from s4mi_jax.losses.contrastive import l2_normalize
 from s4mi_jax.models.dtypes import at_least_float32, param_dtype_for, parse_dtype
 from s4mi_jax.models.heads import EncoderWithHead
+from s4mi_jax.ops import l2_normalize
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
 
