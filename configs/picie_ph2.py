@@ -1,4 +1,4 @@
-"""Unsupervised segmentation, PiCIE (trainer `picie`, methods.md §4.6), on PH2 by default.
+"""Unsupervised segmentation, PiCIE (trainer `picie`; Cho et al., CVPR 2021), on PH2 by default.
 
 python -m s4mi_jax.main --config=configs/picie_ph2.py:seed=0 --workdir=runs/picie_ph2
 python -m s4mi_jax.main --config=configs/picie_ph2.py:nuclei    # DSB2018 nuclei (tiled)

@@ -65,7 +65,7 @@ def read_image(path: str | Path, channels: int | None) -> np.ndarray:
 def read_mask(path: str | Path, image_shape: tuple[int, ...], image_path: str | Path) -> np.ndarray:
     """A segmentation mask as uint8 class indices (H, W).
 
-    Binary masks stored as 0/255 (the layout of ../shared/data) become 0/1; masks whose maximum is below
+    Binary masks stored as 0/255 (the layout of the public PH2, DSB2018 and COVID-QU-Ex copies) become 0/1; masks whose maximum is below
     255 are taken as class indices. A mask with 255 and other non-zero values (e.g. softened by a resize)
     or of another size than its image is an error naming both files.
     """
