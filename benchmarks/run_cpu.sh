@@ -24,9 +24,10 @@ for repeat in 1 2; do
   bench "simclr_chest_folder_ondeviceTrue_${repeat}" --config=configs/simclr_chest.py \
     --config.aug.on_device=True
 done
-# FixMatch-seg (default configs/fixmatch_seg_ph2.py: U-Net width 16, 64 px, 8 labeled + 8 unlabeled
+# FixMatch-seg (configs/fixmatch_seg_ph2.py:ph2, the default's model: U-Net width 16, 64 px, 8 labeled + 8 unlabeled
 # images per step; paired geometry and the strong view on the host, CutMix in the step) on the shared
 # PH2 folder; run from the repository root with ../shared/data present.
 for repeat in 1 2; do
-  bench "fixmatch_seg_ph2_${repeat}" --config=configs/fixmatch_seg_ph2.py:label_fraction=0.5
+  bench "fixmatch_seg_ph2_${repeat}" --config=configs/fixmatch_seg_ph2.py:ph2,label_fraction=0.5 \
+    --config.data.root=../shared/data/ph2_dermoscopy
 done

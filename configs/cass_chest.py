@@ -4,7 +4,7 @@ CASS starts both networks pretrained, as the original always does (timm ImageNet
 initialisation its loss (`2 - 2 cos` between the two networks, no negatives) is minimised by both
 outputting one constant, and they do (the collapse alarm says so). Without downloads, the default starts
 from this project's own self-supervised runs of the same data (no labels used): the CNN from SimCLR,
-the ViT from SimCLR too (DINO does not hold at these widths: docs/methods.md). So, on a fresh clone:
+the ViT from SimCLR too (DINO does not hold at these widths: docs/self_supervised.md). So, on a fresh clone:
 
     python -m s4mi_jax.main --config=configs/simclr_chest.py          # -> runs/simclr_chest (the CNN)
     python -m s4mi_jax.main --config=configs/simclr_chest.py:vit      # -> runs/simclr_chest_vit (the ViT)
@@ -17,7 +17,7 @@ the ViT from SimCLR too (DINO does not hold at these widths: docs/methods.md). S
         --config.model.vit.init_from=/weights/vit_base_patch16_384.safetensors  # ResNet-50 + ViT-B/16 @384
 
 Expected: no collapse warning; both branches' linear probes beat the random-init probe of the same network
-(docs/methods.md: the `:local` sweep on the chest X-rays). Fine-tune or probe either branch at a label
+(docs/self_supervised.md: the `:local` sweep on the chest X-rays). Fine-tune or probe either branch at a label
 fraction with configs/{finetune,linear_probe}_chest.py and `--config.init_from=<this workdir>
 --config.init_encoder=cnn/encoder` (or `vit/encoder`, with `--config.model.name=vit` and this config's
 ViT fields).
@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.trainer = "cass"
     config.data = common.pretrain_data_config()
 
-    # One view per image, the supervised recipe (§4.1): both networks see the same augmented image.
+    # One view per image, the supervised recipe (DEDL's `Supervised.ipynb`): both networks see the
+    # same augmented image.
     config.aug = common.aug_config(image_size=64)
     config.aug.update(crop_scale=(0.5, 1.0), jitter_prob=0.3, blur_prob=0.0, grayscale_prob=0.0)
     config.model = dict(
@@ -78,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.vit.update(embed_dim=32, depth=2, num_heads=2)
         config.model.head.update(hidden_dim=32, out_dim=16, logit_dim=64)
         # Smoke runs of the machinery start at random (they collapse; the alarm says so). The sweep
-        # in docs/methods.md passes SimCLR:local / SimCLR:local,vit workdirs instead.
+        # in docs/self_supervised.md passes SimCLR:local / SimCLR:local,vit workdirs instead.
         config.model.cnn.init_from = "random"
         config.model.vit.init_from = "random"
         config.aug.image_size = 32

@@ -30,7 +30,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def aug_config(image_size: int) -> ml_collections.ConfigDict:
-    """SimCLR view augmentation (methods.md §6.1), with colour strength 0.5 (CIFAR/medical)."""
+    """SimCLR view augmentation (Chen et al. 2020, appendix A), with colour strength 0.5 (its CIFAR
+    setting; medical images)."""
     return ml_collections.ConfigDict(
         dict(
             image_size=image_size,
@@ -183,8 +184,9 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
     """Supervised / linear-probe / fine-tune classification on chest X-rays at a label fraction.
 
     Variants: `local` (tiny and fast: tests, the CPU sweep); `reference` (the S4MI/CASS fine-tuning
-    recipe, methods.md §4.1/§4.3: sigmoid focal loss with min-max class weights, Adam 3e-4, periodic
-    per-iteration cosine T_max=16 to 1e-6, batch 16); `label_fraction=0.1,seed=2` style arguments.
+    recipe of DEDL's `Supervised.ipynb` and CASS.ipynb: sigmoid focal loss with min-max class
+    weights, Adam 3e-4, periodic per-iteration cosine T_max=16 to 1e-6, batch 16);
+    `label_fraction=0.1,seed=2` style arguments.
     """
     placeholder = ml_collections.config_dict.placeholder
     arg = parse_arg(arg, local=False, reference=False, label_fraction=1.0, seed=0)
@@ -276,37 +278,50 @@ def seg_model_config(name: str = "unet", **kw) -> ml_collections.ConfigDict:
     return cfg
 
 
-SEG_DATASETS = {  # config argument -> (data folder, channels, resize mode)
-    "ph2": ("../shared/data/ph2_dermoscopy", 3, "resize"),
-    "nuclei": ("../shared/data/dsb2018_nuclei_stage1test", 3, "tile"),
-    "lung": ("../shared/data/covid_cxr_lung_segmentation", 1, "resize"),
-    "sample": (SEG_SAMPLE_ROOT, 3, "tile"),  # Embedded: 12 DSB2018 nuclei images (CC0).
+# config argument -> (data folder, channels, resize mode). Only the embedded sample ships with the
+# package; the public datasets need `--config.data.root=` (a run without it stops with one line).
+SEG_DATASETS = {
+    "sample": (SEG_SAMPLE_ROOT, 3, "tile"),  # Embedded: 12 DSB2018 nuclei images (CC0). Default.
+    "ph2": ("REQUIRED:--config.data.root=/path/to/ph2_dermoscopy", 3, "resize"),  # PH2 dermoscopy.
+    "nuclei": ("REQUIRED:--config.data.root=/path/to/dsb2018_nuclei", 3, "tile"),  # DSB2018.
+    "lung": ("REQUIRED:--config.data.root=/path/to/covid_cxr_lung_segmentation", 1, "resize"),
 }
 
 
 def segmentation_config(trainer: str, arg: str | None) -> ml_collections.ConfigDict:
     """Segmentation at a label fraction (trainers/segment.py, fixmatch_seg.py, cross_teaching.py).
 
-    Arguments: `nuclei` / `lung` (the other datasets; default PH2), `sample` (the embedded 12-image
-    nuclei sample: runs with no data of your own), `local` (tiny: tests, smoke runs),
-    `reference` (S4MI's cross-teaching settings, methods.md §4.5: 224×224, U-Net width 16 + Swin-T lite
-    window 7, batch 8 labeled + 8 unlabeled, Adam 3.6e-4 with coupled L2 1e-5, per-iteration periodic
-    cosine T_max=50 to 5e-6, 10k iterations, ramp-up 0.1·exp(−5(1−⌊t/150⌋/200)²), validation every 200),
-    `label_fraction=0.5,seed=1`.
+    Data: the embedded 12-image nuclei sample by default (`sample`, tiled; runs with no data of your
+    own); `ph2` (PH2 dermoscopy, resized), `nuclei` (the full DSB2018 stage-1 test set, tiled) and
+    `lung` (COVID-19 chest X-ray lung masks, grayscale) set the channels and resize mode of those
+    datasets and need `--config.data.root=/path/to/it`. Other arguments: `local` (tiny: tests,
+    smoke runs; whole images resized unless a dataset argument is given), `reference` (S4MI's
+    cross-teaching settings, from its `train_CT_between_cnn_transformer_2D.py`: 224×224, U-Net
+    width 16 + Swin-T lite window 7, batch 8 labeled + 8 unlabeled, Adam 3.6e-4 with coupled L2
+    1e-5, per-iteration periodic cosine T_max=50 to 5e-6, 10k iterations, ramp-up
+    0.1·exp(−5(1−⌊t/150⌋/200)²), validation every 200), `label_fraction=0.5,seed=1`.
     """
     placeholder = ml_collections.config_dict.placeholder
     arg = parse_arg(
         arg,
         local=False,
         reference=False,
+        sample=False,
+        ph2=False,
         nuclei=False,
         lung=False,
-        sample=False,
         label_fraction=1.0,
         seed=0,
     )
-    dataset = next((d for d in ("nuclei", "lung", "sample") if arg[d]), "ph2")
+    chosen = [d for d in ("ph2", "nuclei", "lung", "sample") if arg[d]]
+    if len(chosen) > 1:
+        raise ValueError(f"choose one dataset argument, not {chosen}")
+    dataset = chosen[0] if chosen else "sample"
     root, channels, resize = SEG_DATASETS[dataset]
+    if arg.local and not chosen:
+        resize = (
+            "resize"  # Tests and smoke runs on small folders: whole images (`:local,sample` tiles).
+        )
     config = run_config()
     config.trainer = trainer
     config.label_fraction = arg.label_fraction

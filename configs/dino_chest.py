@@ -8,7 +8,7 @@
         --config.data.root=/data/chest_xray_pneumonia --workdir=/mnt/shared/runs/X  # ViT-S/16, official recipe
 
 Expected: the teacher's entropy stays well below log K (no collapse; the collapse alarm stays silent) and
-the teacher's linear probe beats the random-init probe of the same network (docs/methods.md has the
+the teacher's linear probe beats the random-init probe of the same network (docs/self_supervised.md has the
 `:local` sweep on the chest X-rays: +0.1 AUROC over three seeds).
 
 Sources, per architecture (official DINO, Caron et al. 2021, `main_dino.py` and its README):

@@ -8,7 +8,7 @@
 
 Default: the embedded 320-image sample (CC BY 4.0, see s4mi_jax/data/sample/chest_xray/ATTRIBUTION.md), a
 narrow ResNet-18 at 64x64, 200 epochs (600 steps, ~4 min on 2 CPU cores). `research`: ResNet-50, 224x224, batch 4096, LARS lr 0.3·B/256,
-wd 1e-6, τ 0.1, 100 epochs with 10 warm-up epochs, bf16 compute (SimCLR paper, methods.md §6.1).
+wd 1e-6, τ 0.1, 100 epochs with 10 warm-up epochs, bf16 compute (SimCLR paper, Chen et al. 2020).
 `vit`: the 6-block ViT of configs/cass_chest.py (patch 8, width 192; `:local,vit` its `:local` size), so
 its run can start CASS's ViT; SimCLR's paper trains no ViT, so the optimizer is MoCo v3's ViT recipe
 (Chen et al. 2021, contrastive ViT training): AdamW 1.5e-4·B/256, weight decay 0.1.

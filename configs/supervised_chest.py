@@ -1,7 +1,7 @@
 """Supervised classification (from random init) of chest X-rays at a label fraction (configs/common.py).
 
     python -m s4mi_jax.main --config=configs/supervised_chest.py:label_fraction=0.1,seed=0 \
-        --config.data.root=../shared/data/chest_xray_pneumonia --workdir=runs/supervised_10
+        --config.data.root=/path/to/chest_xray_pneumonia --workdir=runs/supervised_10
 """
 
 import ml_collections

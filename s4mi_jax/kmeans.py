@@ -1,4 +1,4 @@
-"""Mini-batch k-means on device (PiCIE's clustering, methods.md §4.6), in plain JAX.
+"""Mini-batch k-means on device (PiCIE's clustering; Cho et al., CVPR 2021), in plain JAX.
 
 PiCIE clusters per-pixel features with faiss; here the same job is three jittable pieces so the whole
 clustering stays on the accelerator, next to the features:

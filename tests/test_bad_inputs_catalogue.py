@@ -337,6 +337,8 @@ CONFIG_FILE_CASES = [
     ("config without get_config", "{tmp}/noget.py", r"--config=.*noget\.py defines no get_config\(\)"),
     ("missing config file", "configs/nope.py", r"bad config file.*configs/nope\.py"),
     ("unknown variant", "configs/supervised_chest.py:lcoal", r"unknown config argument 'lcoal'"),
+    ("dataset variant without data.root", "configs/supervised_seg_ph2.py:ph2",
+     r"config\.data\.root is not set: .*--config\.data\.root=/path/to/ph2_dermoscopy"),
 ]  # fmt: skip
 
 

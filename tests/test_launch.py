@@ -1,5 +1,5 @@
-"""Launch scripts: their dry runs print exactly the commands the README documents, and the Slurm script
-really gives each task the coordinator settings (run under stand-in `scontrol`/`srun`)."""
+"""Launch scripts: their dry runs print exactly the commands docs/accelerators.md documents, and the
+Slurm script really gives each task the coordinator settings (run under stand-in `scontrol`/`srun`)."""
 
 import os
 import re
@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "accelerators.md").read_text()  # Where the launch commands are.
 TPU = ["--name=s4mi", "--zone=us-central2-b"]
 MAIN = ["--config=configs/simclr_chest.py:research", "--config.data.root=/mnt/data/cxr"]
 
@@ -31,7 +31,7 @@ def _dry_run(script, *args):
 
 
 def _documented_block(command: str) -> str:
-    """The lines right after `command` in a README code block, up to the next command or fence."""
+    """The lines right after `command` in a documented code block, up to the next command or fence."""
     start = README.index(command + "\n") + len(command) + 1
     end = min(README.index("\n```", start), README.find("\npython launch/", start) % 10**9)
     return README[start:end] + "\n"

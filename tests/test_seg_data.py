@@ -1,6 +1,7 @@
 """Segmentation data: paired augmentation keeps image and mask aligned, nested manifests, tiling,
 unlabeled images without masks, and bad input -> one error naming the file."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,39 @@ def test_embedded_nuclei_sample_loads_with_binary_masks_and_attribution():
     assert len({k.split("#")[0] for k in data.keys}) == 12  # 12 images, tiled.
     assert set(np.unique(data.masks)) == {0, 1} and data.masks.mean() > 0.05
     assert "CC0" in (Path(SEG_SAMPLE_ROOT) / "ATTRIBUTION.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "name", ["supervised_seg_ph2", "fixmatch_seg_ph2", "cross_teaching_ph2", "picie_ph2"]
+)
+def test_segmentation_configs_default_to_the_embedded_sample_and_need_a_root_for_datasets(name):
+    """No default points outside the package: the sample is the default from any working directory;
+    PH2 / nuclei / lung are variants whose data.root must be given (one line naming the key)."""
+    import importlib
+
+    from s4mi_jax.data import validate
+    from s4mi_jax.data.sources import SEG_SAMPLE_ROOT
+    from s4mi_jax.errors import ConfigError
+
+    get_config = importlib.import_module(f"configs.{name}").get_config
+    for arg in (None, "local", "label_fraction=0.5", "sample", "local,sample"):
+        config = get_config(arg)
+        assert config.data.root == SEG_SAMPLE_ROOT and os.path.isabs(SEG_SAMPLE_ROOT)
+        # `:local` (tests, smoke runs on small folders) resizes whole images, as it always did.
+        assert config.data.resize == ("resize" if arg == "local" else "tile")
+        validate.check_config(config)
+    for arg, channels, resize in (
+        ("ph2", 3, "resize"),
+        ("nuclei", 3, "tile"),
+        ("lung", 1, "resize"),
+    ):
+        config = get_config(f"{arg},label_fraction=0.5")
+        assert (config.data.channels, config.data.resize) == (channels, resize)
+        with pytest.raises(
+            ConfigError, match=r"^config\.data\.root is not set: .*--config\.data\.root="
+        ):
+            validate.check_config(config)
+        config.data.root = "/data/" + arg  # What --config.data.root= sets.
+        validate.check_config(config)
+    with pytest.raises(ValueError, match="one dataset"):
+        get_config("ph2,lung")

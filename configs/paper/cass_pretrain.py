@@ -1,5 +1,5 @@
-"""S4MI/CASS self-supervised pretraining (methods.md §4.3, §5) on ISIC-2017, Dermofit or
-Dermatomyositis-style data: a ResNet-50 and a ViT-B/16 trained together at 384x384.
+"""S4MI/CASS self-supervised pretraining (CASS, Singh et al., arXiv 2206.04170; `CASS.ipynb`) on
+ISIC-2017, Dermofit or Dermatomyositis-style data: a ResNet-50 and a ViT-B/16 trained together at 384x384.
 
     python -m s4mi_jax.main --config=configs/paper/cass_pretrain.py:dataset=isic2017 \\
         --config.data.root=/data/isic2017 --workdir=runs/s4mi/isic2017/cass_pretrain
@@ -11,10 +11,9 @@ seed (default 77); the others (backbone, pretrain, label_fraction) are accepted 
 
 Paper settings (CASS.ipynb): one augmented image through both networks, `2 - 2 cos` between their
 1000-way outputs (no projection head: `model.head.raw_logits`), Adam lr 1e-3, torch
-CosineAnnealingLR(T_max=16, eta_min=1e-6) stepped every iteration (a periodic cosine, period 32 steps:
-methods.md §7.1), batch 16, 100 epochs, seed 77, input 384.
+CosineAnnealingLR(T_max=16, eta_min=1e-6) stepped every iteration (a periodic cosine, period 32 steps), batch 16, 100 epochs, seed 77, input 384.
 
-Where this config and the reference code differ from the paper (deliberately, methods.md §4.3):
+Where this config and the reference code differ from the paper (deliberately):
 - gradients are zeroed every step; CASS.ipynb never calls zero_grad() (they accumulate). Parity:
   `--config.optim.never_zero_grad=True` (as configs/cass_chest.py:reference);
 - SSL runs on every training image (labeled or not, never a val/test patient); the latest notebook

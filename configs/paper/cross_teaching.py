@@ -1,4 +1,4 @@
-"""S4MI semi-supervised segmentation (methods.md §4.5, `train_CT_between_cnn_transformer_2D.py`):
+"""S4MI semi-supervised segmentation (S4MI's `train_CT_between_cnn_transformer_2D.py`, adapted from SSL4MIS):
 cross teaching between a U-Net and a Swin-UNet at 10/30/50/70/99% of the masks of ISIC-2017, Dermofit
 or Dermatomyositis; the rest of the training images are its unlabeled data.
 

@@ -1,6 +1,6 @@
-"""The S4MI classification datasets (methods.md §2): what each paper config expects in `data.root`.
+"""The S4MI classification datasets : what each paper config expects in `data.root`.
 
-Every dataset is a folder in this package's layout (README "Use your own data"); the user's copy is
+Every dataset is a folder in this package's layout (docs/data.md); the user's copy is
 given by one override, `--config.data.root=/path/to/folder`:
 
     ROOT/images/<file>.jpg|png|tif     every image (any size: resized to `aug.image_size`)
@@ -43,7 +43,7 @@ DATASETS = {
     "dermatomyositis": (5, True, "filename,b,tfh,tfh217,tfhl,other with 0/1 entries"),
 }
 
-# The paper's classification seed (methods.md §4.1, §4.3: seed_everything(77)); also the split seed.
+# The paper's classification seed (DEDL and CASS.ipynb: seed_everything(77)); also the split seed.
 PAPER_SEED = 77
 
 
@@ -105,7 +105,7 @@ def pretrain_config(trainer: str, arg: ml_collections.ConfigDict) -> ml_collecti
 
 
 def paper_aug(image_size: int = 384) -> ml_collections.ConfigDict:
-    """DEDL/CASS's training transform (methods.md §4.1) as near as our augmentations go.
+    """DEDL/CASS's training transform (`Supervised.ipynb`) as near as our augmentations go.
 
     Paper/reference: Resize(384) then, each with p=0.3, ColorJitter(0.2,0.2,0.2)+RandomPerspective(0.2),
     ColorJitter+RandomAffine(10 deg), vertical flip, horizontal flip; ImageNet mean/std. Here: random
@@ -127,15 +127,15 @@ def paper_aug(image_size: int = 384) -> ml_collections.ConfigDict:
 
 
 def backbone_config(name: str, image_size: int) -> ml_collections.ConfigDict:
-    """timm's resnet50 / vit_base_patch16_384 shapes (methods.md §4.3)."""
+    """timm's resnet50 / vit_base_patch16_384 shapes (the networks CASS.ipynb builds)."""
     if name == "resnet50":
         return common.encoder_config("resnet50", width=64, image_size=image_size)
     return common.encoder_config("vit_base", patch_size=16, image_size=image_size)
 
 
-# ---- Segmentation (methods.md §2, §4.4, §4.5) --------------------------------------------------
+# ---- Segmentation (DEDL APP notebook, S4MI cross teaching) ----------------------------------------
 #
-# Every dataset is a folder (README "Use your own data", data/segmentation.py), given by one override,
+# Every dataset is a folder (docs/data.md, data/segmentation.py), given by one override,
 # `--config.data.root=/path/to/folder`:
 #
 #     ROOT/images/<stem>.jpg|png|tif   every image (any size; brought to aug.image_size = 224)
@@ -165,7 +165,8 @@ SEG_DATASETS = {
     "dermatomyositis_tiled": (1, "tile", "as dermatomyositis"),
 }
 
-# S4MI's semi-supervised label fractions (read_output.py: 10p, 30p, 50p, 70p, 99p) and seeds (§4.5).
+# S4MI's semi-supervised label fractions (read_output.py: 10p, 30p, 50p, 70p, 99p) and seeds (73, 211, 1234:
+# the cross-teaching runs averaged over three seeds).
 SEG_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.99)
 SEG_SEEDS = (73, 211, 1234)
 

@@ -1,4 +1,4 @@
-"""S4MI's DINO self-supervised pretraining (methods.md §4.2) on ISIC-2017, Dermofit or
+"""S4MI's DINO self-supervised pretraining on ISIC-2017, Dermofit or
 Dermatomyositis-style data, with a ResNet-50 or ViT-B/16 backbone at 384x384.
 
     python -m s4mi_jax.main --config=configs/paper/dino_pretrain.py:dataset=isic2017,backbone=vit_base \\

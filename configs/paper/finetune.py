@@ -1,4 +1,4 @@
-"""S4MI classification at a label fraction (methods.md §4.1, §4.3): fine-tune a CASS- or
+"""S4MI classification at a label fraction (DEDL `Supervised.ipynb`, CASS.ipynb): fine-tune a CASS- or
 DINO-pretrained encoder (or ImageNet weights: the paper's supervised baseline) on 1%, 10% or 100% of
 the labels of ISIC-2017, Dermofit or Dermatomyositis-style multi-label data.
 
@@ -18,7 +18,7 @@ Paper settings (CASS fine-tuning, DEDL's supervised recipe): a fresh linear head
 encoder, everything trained; sigmoid focal loss (alpha 1, gamma 2) with class weights = class
 frequencies min-max scaled to [0.2, 1] (`loss.class_weights=reference`: as the reference code, it
 weights the most frequent class highest); Adam 3e-4, no weight decay; CosineAnnealingLR(T_max=16,
-eta_min=1e-6) stepped per iteration (periodic cosine, methods.md §7.1); batch 16; 50 epochs; input
+eta_min=1e-6) stepped per iteration (periodic cosine, period 32 iterations); batch 16; 50 epochs; input
 384 with ImageNet normalisation; the best validation checkpoint is tested; seed 77; metric micro F1
 (S4MI's MyF1Score; our `test/micro_f1`, with `recall` = what the released notebooks return).
 

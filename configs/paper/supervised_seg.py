@@ -1,4 +1,4 @@
-"""S4MI supervised segmentation baseline (methods.md §4.4, DEDL `Segmentation using APP.ipynb`): a U-Net
+"""S4MI supervised segmentation baseline (DEDL `Segmentation using APP.ipynb`): a U-Net
 trained on 10/30/50/70/99/100% of the masks of ISIC-2017, Dermofit or Dermatomyositis, with DEDL's
 autoencoder post-processing (APP) term by default; the baseline cross teaching is compared with.
 

@@ -1,6 +1,7 @@
 """Metrics to `metrics.jsonl` (one JSON object per logged step) and TensorBoard, from process 0 only.
 
-Why our own writer: clu's `metric_writers` import TensorFlow (stack.md §1.7); tensorboardX writes the same
+Why our own writer: clu's `metric_writers` import TensorFlow (clu 0.0.12;
+`from clu import metric_writers` fails without it); tensorboardX writes the same
 event files without it. On resume, lines from steps after the restored checkpoint are dropped, so the file
 always describes one consistent run.
 """

@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules from `config.optim`.
 
 Weight decay (and LARS's trust-ratio adaptation) apply to kernels only: BatchNorm scales/offsets and biases
-are 1-D, so the rule is simply `ndim > 1` (SimCLR excludes BN and bias; methods.md §6.1 and §7.12).
+are 1-D, so the rule is simply `ndim > 1` (SimCLR excludes BN and bias from both, as its paper and code do).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def peak_learning_rate(cfg: ml_collections.ConfigDict, batch_size: int) -> float
 def periodic_cosine(peak: float, min_lr: float, half_period: int) -> optax.Schedule:
     """PyTorch `CosineAnnealingLR(T_max=half_period, eta_min=min_lr)` stepped every iteration, past
     T_max: min + (peak - min)(1 + cos(π t / T_max)) / 2 for every t, a cosine that goes back up (period
-    2·T_max). The S4MI/CASS reference code runs this with T_max=16 (methods.md §7.1)."""
+    2·T_max). The S4MI/CASS reference code runs this with T_max=16 (a 32-iteration period)."""
     return lambda t: min_lr + (peak - min_lr) * (1 + jnp.cos(jnp.pi * t / half_period)) / 2
 
 
@@ -95,7 +95,7 @@ def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
 
 def never_zero_grad() -> optax.GradientTransformation:
     """Reproduces a quirk of the released CASS loop: `zero_grad()` is never called, so each step's
-    gradient is the sum of all gradients so far (methods.md §4.3). Off by default; for parity runs only."""
+    gradient is the sum of all gradients so far (CASS.ipynb's pretraining loop). Off by default; for parity runs only."""
 
     def init(params):
         return jax.tree.map(jnp.zeros_like, params)

@@ -42,7 +42,7 @@ def resolve(init_from: str, key: str = "config.init_from") -> tuple[str, int]:
         if not os.path.isfile(path):
             raise ConfigError(
                 f"{key}={init_from}: no such weights file (torchvision/timm ImageNet weights as "
-                ".safetensors: see the README's 'Pretrained weights in and out' for how to get them)."
+                ".safetensors: see docs/weights.md for how to get them)."
             )
         return path, 0
     if os.path.isdir(os.path.join(path, "checkpoints")):

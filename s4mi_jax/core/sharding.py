@@ -7,7 +7,8 @@ along its largest dimension that the `fsdp` axis size divides (ZeRO-3 style; XLA
 where it is used and reduce-scatters its gradient). The step itself never changes: it is one `jax.jit`
 with these shardings, so cross-device reductions (NT-Xent negatives, BatchNorm statistics) are over the
 global batch, exactly as on one device. Axes are `AxisType.Auto` on purpose: jax's default explicit axes
-reject some gathers inside jit (stack.md §1.4).
+reject some gathers inside jit (with jax 0.12, `optax.softmax_cross_entropy_with_integer_labels`
+fails in a sharded jit with a ShardingTypeError; Auto axes work on every version).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Host-side (NumPy/PIL) augmentations for SimCLR views, following SimCLR's recipe (methods.md §6.1).
+"""Host-side (NumPy/PIL) augmentations for SimCLR views, following SimCLR's recipe
+(Chen et al. 2020, appendix A; google-research/simclr `data_util.py`).
 
 Colour jitter is written for medical images: brightness and contrast apply to any channel count, while
 saturation, hue and random grayscale apply only to 3-channel images (on a grayscale X-ray they are undefined,

@@ -1,6 +1,6 @@
 """Decode a dataset once into a `.npz` of fixed-size uint8 arrays, for the on-device augmentation path.
 
-    python -m s4mi_jax.data.cache --root=../shared/data/chest_xray_pneumonia --size=128 \
+    python -m s4mi_jax.data.cache --root=/path/to/chest_xray_pneumonia --size=128 \
         --out=/tmp/cxr_128.npz
     python -m s4mi_jax.main --config=configs/simclr_chest.py --config.aug.on_device=True \
         --config.data.root=/tmp/cxr_128.npz

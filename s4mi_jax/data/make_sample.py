@@ -1,6 +1,10 @@
 """Builds the embedded chest X-ray sample shipped inside the package (run once by the maintainers).
 
-    python -m s4mi_jax.data.make_sample --src=../shared/data/chest_xray_pneumonia
+    python -m s4mi_jax.data.make_sample --src=/path/to/chest_xray_pneumonia
+
+`--src` is a copy of the public "Chest X-Ray Images (Pneumonia)" dataset (Kermany et al., Cell 2018;
+Mendeley Data doi:10.17632/rscbjbr9sj.2, CC BY 4.0) in this project's layout: images/, labels.csv
+(0 NORMAL, 1 PNEUMONIA) and metadata.csv with patient_id, images 128x128 grayscale.
 
 Why a fixed, balanced, one-image-per-patient subset: the default config must run on a fresh machine with no
 data, finish in minutes on a CPU, and give a linear probe whose test split shares no patient with training.

@@ -9,7 +9,7 @@ training, with its path in the message.
 
 Images are brought to the model size once, at load time (`config.data.resize`):
 - "resize": the whole image to `image_size` x `image_size` (image bilinear, mask nearest neighbour —
-  S4MI resizes to 224 likewise, §2; metrics are computed at this size, as S4MI does);
+  S4MI resizes to 224 likewise; metrics are computed at this size, as S4MI does);
 - "tile": non-overlapping `image_size` tiles covering the image (the last row/column of tiles aligned
   to the far edge, images smaller than a tile zero-padded): for large, variable-size microscopy. Tiles
   of one image share its group, so they never straddle a split.

@@ -8,7 +8,7 @@
 None of these datasets can be downloaded by a script (Kaggle, ISIC and PH2 need a sign-in; Dermofit a
 licence), so every builder reads a **manual directory**: the files as the dataset's release unpacks them
 (layouts in each builder's docstring), or this project's own layout (`images/` + optional `labels.csv`,
-`masks/`, `metadata.csv` with `patient_id`: the layout of ../shared/data and of "Use your own data").
+`masks/`, `metadata.csv` with `patient_id`: the layout of docs/data.md).
 
 Why it works without TF: images are written as already-encoded PNG bytes into `tfds.features.Image`
 (TFDS encodes nothing itself) and the file format is ArrayRecord; reading is `tfds.data_source`

@@ -477,6 +477,7 @@ _POSITIVE = ("total_steps", "total_epochs", "halt_at_step", "optim.base_lr")
 _NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.split_seed")
 _FRACTIONS = ("label_fraction",)  # (0, 1]
 _HALF_OPEN = ("data.val_fraction", "data.test_fraction")  # [0, 1)
+REQUIRED = "REQUIRED:"  # A config's data.root placeholder: the user must give the folder.
 
 
 def _get(config, key: str):
@@ -489,7 +490,18 @@ def _get(config, key: str):
 
 
 def check_config(config) -> None:
-    """Ranges of the numeric keys that have one: a bad value is named before any work starts."""
+    """Ranges of the numeric keys that have one: a bad value is named before any work starts.
+
+    Also the data location of configs that ship no default data (the PH2 / nuclei / lung
+    segmentation variants, configs/paper/): their `data.root` reads "REQUIRED:--config.data.root=..."
+    until it is given."""
+    root = _get(config, "data.root")
+    if isinstance(root, str) and root.startswith(REQUIRED) and not _get(config, "data.tfds_name"):
+        example = root[len(REQUIRED) :] or "--config.data.root=/path/to/data"
+        raise ConfigError(
+            f"config.data.root is not set: this config has no default data; give its folder, "
+            f"e.g. {example}"
+        )
     for key in _POSITIVE_INT + _POSITIVE + _NON_NEGATIVE + _FRACTIONS + _HALF_OPEN:
         value = _get(config, key)
         if value is None or isinstance(value, dict) or hasattr(value, "keys"):

@@ -1,4 +1,4 @@
-"""Scoring unsupervised segmentations (PiCIE's `evaluate`, methods.md §4.6): clusters carry no class
+"""Scoring unsupervised segmentations (PiCIE's `evaluate`, Cho et al. 2021): clusters carry no class
 names, so they are first matched to classes.
 
 * `confusion(clusters, labels, K, C)`: (K, C) pixel counts.

@@ -1,6 +1,6 @@
 """Segmentation metrics (Dice, IoU, HD95, ASD, ASSD) per image and per dataset, and overlay images.
 
-Definitions follow medpy (what S4MI's `test_2D.py` calls, methods.md §4.5), per image and per
+Definitions follow medpy (what S4MI's `test_2D.py` calls), per image and per
 foreground class c (a class-c mask P of the prediction, G of the ground truth):
 
 * Dice = 2|P∩G| / (|P| + |G|); IoU = |P∩G| / |P∪G|.
@@ -12,7 +12,7 @@ foreground class c (a class-c mask P of the prediction, G of the ground truth):
   its maintainers called wrong, loli/medpy#108: it over-weights the smaller surface's pixels).
 
 **Empty masks** (explicit; S4MI skips empty-GT images and scores a missed lesion HD95 = 0, which
-rewards misses — methods.md §7.7):
+rewards misses; both fixed here):
 
 | P | G | Dice, IoU | HD95, ASD, ASSD |
 |---|---|---|---|

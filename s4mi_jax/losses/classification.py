@@ -1,4 +1,5 @@
-"""Classification losses: softmax cross-entropy and the DEDL/CASS sigmoid focal loss (methods.md §4.1).
+"""Classification losses: softmax cross-entropy and the DEDL/CASS sigmoid focal loss
+(as DEDL's `Classification/timm/Supervised.ipynb` and the CASS notebook define it).
 
 Targets are one-hot (single-label) or multi-hot (multi-label) float arrays, never integer gathers, so the
 losses shard cleanly under any mesh. Everything is computed in float32.

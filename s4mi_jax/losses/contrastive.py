@@ -1,5 +1,5 @@
-"""Losses between embeddings of positive pairs: NT-Xent (SimCLR, methods.md §6.1) and the normalised
-regression loss `2 - 2 cos` (BYOL; CASS, methods.md §4.3).
+"""Losses between embeddings of positive pairs: NT-Xent (SimCLR, Chen et al. 2020) and the normalised
+regression loss `2 - 2 cos` (BYOL; CASS, Singh et al., its `CASS.ipynb`).
 
 Called on the *global* batch: under `jax.jit` with a data-sharded batch, `z1 @ z.T` is computed over all
 devices' rows, so every anchor sees the negatives of every replica (the official code's cross-replica concat)

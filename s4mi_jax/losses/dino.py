@@ -1,4 +1,4 @@
-"""DINO's objective and schedules (Caron et al. 2021; methods.md §4.2), as pure functions.
+"""DINO's objective and schedules (Caron et al. 2021, official `main_dino.py`), as pure functions.
 
 Follows the official `main_dino.py`: the teacher sees the global crops only, the student every crop; each
 teacher crop is compared with every *other* student crop; the teacher's output is centred and sharpened,
@@ -33,7 +33,7 @@ def dino_loss(
     teacher: (G, B, K); center: (K,) or (1, K). Loss = mean over the G*V - G pairs (g, v != g) of
     mean_b H(softmax((t_g - c) / τ_t), softmax(s_v / τ_s)); no gradient flows into the teacher.
 
-    Monitors (collapse diagnostics, DINO §5.3): `teacher_entropy` (→ 0: one dimension dominates; → log K:
+    Monitors (collapse diagnostics, DINO paper §5.3): `teacher_entropy` (→ 0: one dimension dominates; → log K:
     uniform collapse), `kl_teacher_student` (→ 0 when both collapse), `kl_to_center`: mean over images of
     KL(t_b || t̄), t̄ the batch's mean teacher distribution (where the centre-subtracted teacher sits
     on average), i.e. how much the teacher's output says about the image: → 0 when the teacher ignores

@@ -1,4 +1,4 @@
-"""PiCIE's losses and geometric views (Cho et al., CVPR 2021; methods.md §4.6), on device.
+"""PiCIE's losses and geometric views (Cho et al., CVPR 2021, official PiCIE code), on device.
 
 Two photometric views of each image (colour jitter, grayscale, blur: made on the host) go through the
 network; one shared random geometric transform T (a square crop resized back to the full size, then a

@@ -1,4 +1,5 @@
-"""Segmentation losses (methods.md §4.4, §4.5, §6.3): weighted cross-entropy, SSL4MIS Dice, the
+"""Segmentation losses (DEDL's APP notebook, S4MI's cross-teaching script, UniMatch's
+FixMatch): weighted cross-entropy, SSL4MIS Dice, the
 FixMatch unlabeled term and the sigmoid ramp-up of consistency weights.
 
 Logits are (N, H, W, C); labels integer class maps (N, H, W). All losses are computed in (at least)
@@ -15,7 +16,8 @@ from s4mi_jax.models.dtypes import at_least_float32
 
 
 def median_frequency_weights(masks: np.ndarray | list[np.ndarray], num_classes: int) -> np.ndarray:
-    """w_c = median(freq) / freq_c over the pixels of `masks` (median-frequency balancing, §4.5).
+    """w_c = median(freq) / freq_c over the pixels of `masks` (median-frequency balancing, as S4MI's
+    cross-teaching script; there over every mask file, here over the masks given).
 
     A class absent from the masks gets weight 0 (nothing to balance) instead of a division by zero.
     """
@@ -67,7 +69,7 @@ def dice_loss(
 def supervised_loss(
     logits: jax.Array, labels: jax.Array, weights: jax.Array | None, num_classes: int
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """S4MI's L_sup = ½ [CE_w + Dice(softmax)] (§4.5)."""
+    """S4MI's L_sup = ½ [CE_w + Dice(softmax)] (`train_CT_between_cnn_transformer_2D.py`)."""
     ce = weighted_cross_entropy(logits, labels, weights)
     dice = dice_loss(
         jax.nn.softmax(logits.astype(at_least_float32(logits.dtype))), labels, num_classes
@@ -88,7 +90,8 @@ def fixmatch_unlabeled_loss(
     threshold: float,
     valid: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """UniMatch/FixMatch per-pixel term: Σ CE·[conf ≥ τ]·valid / Σ valid (§6.3, §7.14).
+    """UniMatch/FixMatch per-pixel term: Σ CE·[conf ≥ τ]·valid / Σ valid (UniMatch's
+    `fixmatch.py`; FixMatch, Sohn et al. 2020, also divides by all unlabeled samples).
 
     The denominator counts **all** valid pixels, confident or not, so a step with few confident
     pixels contributes little. Returns (loss, fraction of valid pixels above τ).
@@ -103,7 +106,8 @@ def fixmatch_unlabeled_loss(
 
 def sigmoid_rampup(step: jax.Array, *, weight: float, length: float, divisor: float) -> jax.Array:
     """SSL4MIS consistency weight: weight · exp(−5 (1 − e/length)²), e = min(⌊step/divisor⌋, length)
-    (Laine & Aila; S4MI: weight 0.1, length 200, divisor 150, methods.md §4.5 and §7.3)."""
+    (Laine & Aila; S4MI: weight 0.1, length 200, divisor 150, from
+    `train_CT_between_cnn_transformer_2D.py`; over its 10k iterations the weight stays below 0.011)."""
     if length <= 0:
         return jnp.asarray(weight, jnp.float32)
     e = jnp.minimum(jnp.floor(step / divisor), length)

@@ -1,4 +1,4 @@
-"""CASS's two networks (Singh et al.; methods.md §4.3, §5): a CNN and a ViT, each with its own head, in
+"""CASS's two networks (Singh et al., arXiv 2206.04170; its `CASS.ipynb`): a CNN and a ViT, each with its own head, in
 one module so one train state holds both (each branch still gets its own optimizer)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A ResNet + FPN per-pixel feature extractor (PiCIE's backbone, methods.md §4.6), in Flax NNX.
+"""A ResNet + FPN per-pixel feature extractor (PiCIE's backbone, Cho et al. 2021), in Flax NNX.
 
 PiCIE's `FPNDecoder`: a 1×1 lateral convolution from each ResNet stage to `dim` (128) channels, a
 top-down path that bilinearly upsamples the coarser map and adds the lateral (no normalisation or

@@ -70,7 +70,7 @@ def build_segmenter(cfg: Any, in_channels: int, num_classes: int, rngs: nnx.Rngs
 
 
 class AutoencoderPostProcessing(nnx.Module):
-    """DEDL's APP (methods.md §4.4): Linear layers along the width axis of the segmenter's logits,
+    """DEDL's APP (autoencoder post-processing, `Segmentation using APP.ipynb`): Linear layers along the width axis of the segmenter's logits,
     W -> `expand`·W -> hidden... -> W, ReLU after every layer (the last included, as written).
     Used in training only: L = CE_w(U(x), y) + CE_w(APP(U(x)), y)."""
 

@@ -1,4 +1,4 @@
-"""Swin-UNet (Cao et al. 2021; `SwinTransformerSys` as used by SSL4MIS/S4MI, methods.md §4.5) in NNX.
+"""Swin-UNet (Cao et al. 2021; `SwinTransformerSys` as used by SSL4MIS and S4MI) in NNX.
 
 Encoder: patch embedding (conv, patch `patch_size`) + LayerNorm, then stages of Swin blocks (window
 attention with relative position bias, shifted windows every second block) with patch merging between

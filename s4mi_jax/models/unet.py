@@ -1,4 +1,4 @@
-"""U-Nets in Flax NNX: the SSL4MIS/S4MI U-Net (methods.md §4.5) and a U-Net on any ResNet encoder.
+"""U-Nets in Flax NNX: the SSL4MIS/S4MI U-Net (SSL4MIS `unet.py`) and a U-Net on any ResNet encoder.
 
 Every segmenter is called `model(images, rng=None) -> logits (N, H, W, num_classes)`; `rng` switches
 on dropout / drop-path (training), None runs deterministically (evaluation, with `model.eval()` for
