@@ -27,44 +27,13 @@ import jax.numpy as jnp
 from s4mi_jax import kmeans
 from s4mi_jax.errors import ConfigError
 
-# Re-exported (redundant alias): trainers/picie.py calls it as `L.l2_normalize`.
+# Re-exported (redundant aliases): PiCIE's view geometry and normalisation live in ops.py, which the
+# PiCIE model (models/picie.py) may import; the loss's callers know them as `L.<name>`.
+from s4mi_jax.ops import crop_flip as crop_flip
 from s4mi_jax.ops import l2_normalize as l2_normalize
+from s4mi_jax.ops import random_boxes as random_boxes
 
 CLASS_WEIGHTS = ("frequency", "inverse", "none")
-
-
-def random_boxes(
-    rng: jax.Array, n: int, size: int, scale: tuple[float, float]
-) -> tuple[jax.Array, jax.Array]:
-    """(boxes (n, 3) = [y0, x0, side] in pixels, flips (n,) bool): square crops whose area is a
-    fraction in `scale` of the image, placed uniformly, and a horizontal flip with p=0.5."""
-    k_area, k_y, k_x, k_flip = jax.random.split(rng, 4)
-    side = jnp.sqrt(jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1])) * size
-    y0 = jax.random.uniform(k_y, (n,)) * (size - side)
-    x0 = jax.random.uniform(k_x, (n,)) * (size - side)
-    return jnp.stack([y0, x0, side], -1), jax.random.bernoulli(k_flip, 0.5, (n,))
-
-
-def _interpolation(start: jax.Array, side: jax.Array, n: int) -> jax.Array:
-    """(n, n) bilinear weights: output i samples input coordinate start + (i + ½)·side/n − ½
-    (half-pixel centres, as torch `interpolate(align_corners=False)`), clamped to the edge pixels."""
-    coord = jnp.clip(start + (jnp.arange(n) + 0.5) * side / n - 0.5, 0.0, n - 1.0)
-    lo = jnp.floor(coord)
-    frac = (coord - lo)[:, None]
-    src = jnp.arange(n)[None, :]
-    hi = jnp.minimum(lo + 1, n - 1)
-    return (1 - frac) * (src == lo[:, None]) + frac * (src == hi[:, None])
-
-
-def crop_flip(x: jax.Array, boxes: jax.Array, flips: jax.Array) -> jax.Array:
-    """T on NHWC maps: each box (y0, x0, side) bilinearly resized to the full (H, W), then flipped
-    left-right where `flips`. Two small interpolation matrices per image (rows, columns) applied
-    by one einsum: cheap to trace and to differentiate, exact bilinear sampling."""
-    h, w = x.shape[1:3]
-    wy = jax.vmap(_interpolation, (0, 0, None))(boxes[:, 0], boxes[:, 2], h)
-    wx = jax.vmap(_interpolation, (0, 0, None))(boxes[:, 1], boxes[:, 2], w)
-    wx = jnp.where(flips[:, None, None], wx[:, ::-1], wx)
-    return jnp.einsum("nih,nhwc,njw->nijc", wy.astype(x.dtype), x, wx.astype(x.dtype))
 
 
 def check_class_weights(scheme: str) -> None:

@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from s4mi_jax import kmeans
+from s4mi_jax import kmeans, ops
 from s4mi_jax.core import train_state
 from s4mi_jax.core.train_state import TrainState
-from s4mi_jax.losses import picie as L
 from s4mi_jax.models.fpn import build_fpn
 
 
@@ -41,11 +40,11 @@ def make_features_fn(graphdef: nnx.GraphDef, crop_scale: tuple[float, float]) ->
         model = nnx.merge(graphdef, params, train_state.fresh(model_state))
         model.train()
         x1, x2 = batch["view1"], batch["view2"]
-        boxes, flips = L.random_boxes(rng, x1.shape[0], x1.shape[1], crop_scale)
+        boxes, flips = ops.random_boxes(rng, x1.shape[0], x1.shape[1], crop_scale)
         n = x1.shape[0]
-        f = model(jnp.concatenate([L.crop_flip(x1, boxes, flips), x2]))  # One pass, shared BN.
-        f1, f2 = f[:n], L.crop_flip(f[n:], boxes, flips)
-        return L.l2_normalize(f1), L.l2_normalize(f2), model
+        f = model(jnp.concatenate([ops.crop_flip(x1, boxes, flips), x2]))  # One pass, shared BN.
+        f1, f2 = f[:n], ops.crop_flip(f[n:], boxes, flips)
+        return ops.l2_normalize(f1), ops.l2_normalize(f2), model
 
     return features
 
@@ -77,8 +76,8 @@ def make_kmeans_fn(graphdef: nnx.GraphDef, crop_scale: tuple[float, float], iter
 @jax.jit
 def set_centroids(state: TrainState, c1: jax.Array, c2: jax.Array) -> TrainState:
     ms = train_state.fresh(state.model_state)
-    ms["centroids1"].value = L.l2_normalize(c1)
-    ms["centroids2"].value = L.l2_normalize(c2)
+    ms["centroids1"].value = ops.l2_normalize(c1)
+    ms["centroids2"].value = ops.l2_normalize(c2)
     return state.replace(model_state=ms)
 
 
@@ -89,7 +88,7 @@ def make_predict_fn(graphdef: nnx.GraphDef):
     def predict(params, model_state, images):
         model = nnx.merge(graphdef, params, model_state)
         model.eval()
-        f = L.l2_normalize(model(images))
+        f = ops.l2_normalize(model(images))
         labels = kmeans.assign(f.reshape(-1, f.shape[-1]), model.centroids1.value)
         return labels.reshape(f.shape[:-1])
 
