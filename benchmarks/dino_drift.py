@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from s4mi_jax.core import collapse, run, sharding, train_state
+from s4mi_jax.core import collapse, pretrained, run, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.trainers import dino, pretrain
 
@@ -85,7 +85,10 @@ def main() -> None:
     built = run.build(config, mesh, task, data)
     it = task.make_iterator()
     batches = [next(it) for _ in range(args.batches)]
-    states = {"init": built.init()}
+    init = built.init()
+    for s in task.starts:  # The run's pretrained start, if it had one (`config.init_from`).
+        init = pretrained.load_encoder(init, s.init_from, s.init_encoder, s.prefix)[0]
+    states = {"init": init}
     ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"))
     for step in sorted(ckpt.manager.all_steps()):
         states[f"step {step}"] = ckpt.restore(built.abstract_state, None, step)

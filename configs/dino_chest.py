@@ -93,6 +93,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.optim.freeze_last_layer_epochs = 1.0
     config.batch_size = 64
+    # A pretrained start for the student and the teacher encoder alike (a workdir, checkpoint or
+    # weights file); unset: random initialisation, as official DINO.
+    config.init_from = ml_collections.config_dict.placeholder(str)
+    config.init_encoder = ml_collections.config_dict.placeholder(str)
     config.total_epochs = 100.0
     config.log_every = 10
     config.ckpt_every = 100

@@ -253,3 +253,16 @@ def test_head_keeps_the_per_image_signal_at_init(chest_images, variant):
     gain, official_gain = _signal_gain(ours, feats), _signal_gain(official, official_feats)
     assert 0.03 < official_gain < 0.2, official_gain
     assert gain >= official_gain / 10, (gain, official_gain)
+
+
+def test_init_from_starts_student_and_teacher_encoders_alike():
+    """`config.init_from` loads one pretrained encoder into both networks (the teacher must start as
+    the student); unset, DINO starts at random as the official code."""
+    config = _config()
+    mesh = sharding.make_mesh(config.mesh)
+    data = run.RunData(channels=1, num_examples=16)
+    assert dino.task(config, data, mesh).starts == ()
+    config.init_from = "runs/simclr_chest"
+    starts = dino.task(config, data, mesh).starts
+    assert [s.prefix for s in starts] == ["student/encoder", "teacher/encoder"]
+    assert {s.init_from for s in starts} == {"runs/simclr_chest"}

@@ -156,6 +156,10 @@ def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task
         # Official DINO evaluates the teacher; the student is probed too for comparison.
         probes={"": lambda m: m.teacher.encoder, "student": lambda m: m.student.encoder},
         trainable=TRAINABLE,
+        # `config.init_from`: the same pretrained encoder for the student and the teacher.
+        starts=tuple(
+            s for net in ("student", "teacher") for s in run.config_start(config, f"{net}/encoder")
+        ),
         collapse_advice=(
             "DINO: check the head (a narrow head needs the fan-in-aware init of models/dino.py), "
             "lower config.loss.teacher_temp or raise config.loss.center_momentum, and follow the "
