@@ -52,7 +52,7 @@ def run(tmp_path_factory):
 
 
 def _evaluation_maps(config, workdir):
-    """The test split's class maps as the run's evaluation computes them (segment.run's `score`):
+    """The test split's class maps as the run's evaluation computes them (the segmentation evaluator's `score`):
     the data loaded at the model size, the selected checkpoint."""
     data = segdata.load(config.data, config.aug.image_size)
     with open(os.path.join(workdir, "manifest.json")) as f:
