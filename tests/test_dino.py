@@ -266,3 +266,22 @@ def test_init_from_starts_student_and_teacher_encoders_alike():
     starts = dino.task(config, data, mesh).starts
     assert [s.prefix for s in starts] == ["student/encoder", "teacher/encoder"]
     assert {s.init_from for s in starts} == {"runs/simclr_chest"}
+
+
+def test_head_batchnorm_uses_batch_statistics_after_each_hidden_linear():
+    """`head_use_bn` (official `--use_bn_in_head`): in train mode (student and teacher alike) the
+    head ignores a per-feature offset shared by the whole batch, which a plain MLP passes on; in eval
+    mode it uses running statistics instead."""
+    from s4mi_jax.models.dino import DinoHead
+
+    x = jax.random.normal(jax.random.key(0), (16, 12))
+    shift = 3.0 * jax.random.normal(jax.random.key(1), (1, 12))
+    for use_bn in (True, False):
+        head = DinoHead(12, 32, hidden_dim=8, bottleneck_dim=4, use_bn=use_bn, rngs=nnx.Rngs(0))
+        assert len(head.norms) == (2 if use_bn else 0)
+        head.train()
+        same = np.allclose(head.bottleneck(x), head.bottleneck(x + shift), atol=1e-4)
+        assert same == use_bn
+    head = DinoHead(12, 32, hidden_dim=8, bottleneck_dim=4, use_bn=True, rngs=nnx.Rngs(0))
+    head.eval()
+    assert not np.allclose(head.bottleneck(x), head.bottleneck(x + shift), atol=1e-4)

@@ -55,6 +55,8 @@ def test_dino_teacher_stays_sharp_and_the_alarm_silent(tmp_path, capsys):
 
 
 def test_alarm_fires_on_dino_with_the_official_std_at_narrow_widths(tmp_path):
-    config = _short(dino_chest.get_config("local"), 300, **{"model.head_init": "fixed"})
+    """The head this project had before the fix: official std 0.02 at `:local` widths, no BatchNorm,
+    with the official SGD recipe."""
+    config = _short(dino_chest.get_config("local,sgd"), 300, **{"model.head_init": "fixed"})
     with pytest.raises(S4MIError, match=r"representation collapse at step \d+: collapse_"):
         dino.train_and_evaluate(config, str(tmp_path))

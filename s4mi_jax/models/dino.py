@@ -18,6 +18,7 @@ from flax import nnx
 from s4mi_jax.errors import ConfigError
 from s4mi_jax.models.dtypes import at_least_float32, param_dtype_for, parse_dtype
 from s4mi_jax.models.heads import EncoderWithHead
+from s4mi_jax.models.resnet import batch_norm
 from s4mi_jax.ops import l2_normalize
 
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("student"))
@@ -93,6 +94,7 @@ class DinoHead(nnx.Module):
         num_layers: int = 3,
         norm_last_layer: bool = True,
         head_init: str = "fan_in",
+        use_bn: bool = False,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
@@ -111,6 +113,13 @@ class DinoHead(nnx.Module):
                 for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))
             ]
         )
+        # Official `--use_bn_in_head`: BatchNorm after each hidden Linear (batch statistics in the
+        # teacher too, which runs in train mode).
+        self.norms = nnx.List(
+            [batch_norm(d, param_dtype=param_dtype, rngs=rngs) for d in dims[1:-1]]
+            if use_bn
+            else []
+        )
         self.last_layer = WeightNormLinear(
             bottleneck_dim, out_dim, norm_last_layer, param_dtype, rngs
         )
@@ -120,6 +129,8 @@ class DinoHead(nnx.Module):
         for i, layer in enumerate(self.mlp):
             x = layer(x)
             if i < len(self.mlp) - 1:
+                if self.norms:
+                    x = self.norms[i](x)
                 x = nnx.gelu(x, approximate=False)
         return x
 
@@ -157,6 +168,7 @@ def build_dino_model(model_cfg: Any, in_channels: int, rngs: nnx.Rngs) -> DinoMo
             num_layers=int(model_cfg.get("head_layers", 3)),
             norm_last_layer=bool(model_cfg.get("norm_last_layer", True)),
             head_init=str(model_cfg.get("head_init", "fan_in")),
+            use_bn=bool(model_cfg.get("head_use_bn", False)),
             dtype=dtype,
             param_dtype=param_dtype_for(dtype),
             rngs=rngs,
