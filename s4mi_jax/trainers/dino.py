@@ -161,9 +161,10 @@ def task(config: ml_collections.ConfigDict, data: run.RunData, mesh) -> run.Task
             s for net in ("student", "teacher") for s in run.config_start(config, f"{net}/encoder")
         ),
         collapse_advice=(
-            "DINO: check the head (a narrow head needs the fan-in-aware init of models/dino.py), "
-            "lower config.loss.teacher_temp or raise config.loss.center_momentum, and follow the "
-            "backbone's official recipe (configs/dino_chest.py)."
+            "DINO: check the head (a narrow head needs the fan-in-aware init of models/dino.py). "
+            "At narrow ResNet widths the head drifts this way while the encoder still learns: "
+            "judge the run by its probe; freezing the prototypes for the whole run "
+            "(config.optim.freeze_last_layer_epochs) let the head recover (docs/self_supervised.md)."
         ),
     )
 
