@@ -12,6 +12,9 @@ Expected: the teacher's linear probe beats the random-init probe of the same net
 X-rays at `:local` (docs/self_supervised.md, three seeds, 1000 steps) the closing probe's AUROC is
 0.895 ± 0.026 against 0.801 at random init; the collapse alarm warns near step 200 (the head's output goes
 nearly uniform while the encoder keeps learning; the docs say what was measured).
+The default command (embedded sample, 300 steps, about 6 minutes on 2 cores) ended, on 2026-12-01,
+with a teacher probe AUROC of 0.935 (accuracy 0.891) against 0.898 (0.781) at random init. That is on
+64 test images, so one image is 1.6 points of accuracy. The alarm warned at step 210 (entropy ratio 0.90).
 
 Sources, per architecture (official DINO, Caron et al. 2021, `main_dino.py` and its README):
 - Narrow ResNets (default, `:local`): the official ResNet-50 recipe's augmentation and schedule (global
