@@ -96,3 +96,29 @@ def test_skip_policy_skips_exactly_the_bad_updates(tmp_path):
     assert all("NaN" not in r and "nan" not in r for r in rows)  # Averages exclude bad steps.
     clean = _toy(tmp_path / "b", set(), "skip")
     assert not np.allclose(clean.params["w"], skipped.params["w"])  # Bad steps really skipped.
+
+
+def test_tally_matches_numpy_masked_means_and_first_bad_step():
+    """The loop's jitted per-step tally: means over the good steps only, bad steps counted, the first
+    bad step and its kind kept across a log (only the averages reset)."""
+    from s4mi_jax.core.loop import tally_fn
+
+    rng = np.random.default_rng(0)
+    loss, acc = rng.normal(size=7).astype(np.float32), rng.normal(size=7).astype(np.float32)
+    bad = np.array([0, 0, 2, 0, 1, 0, 0], np.float32)
+    empty, update = tally_fn({"loss": None, "acc": None})
+    tally = empty()
+    for i in range(4):
+        tally = update(tally, {"loss": loss[i], "acc": acc[i]}, bad[i], i + 1)
+    good = bad[:4] == 0
+    got = tally.averages.compute()
+    np.testing.assert_allclose(float(got["loss"]), loss[:4][good].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(got["acc"]), acc[:4][good].mean(), rtol=1e-6)
+    tally = tally._replace(averages=empty().averages)
+    for i in range(4, 7):
+        tally = update(tally, {"loss": loss[i], "acc": acc[i]}, bad[i], i + 1)
+    good = bad[4:] == 0
+    np.testing.assert_allclose(
+        float(tally.averages.compute()["loss"]), loss[4:][good].mean(), rtol=1e-6
+    )
+    assert (int(tally.skipped), int(tally.first_bad), float(tally.first_kind)) == (2, 3, 2.0)
