@@ -9,7 +9,8 @@ For one config it measures, on the run's own data, mesh and compiled step:
 * `host_examples_per_s`: the Grain input pipeline alone (read, decode, augment or only resize, batch);
 * `synthetic_step_s`: the train step on one device-resident batch reused every step (input-free speed;
   with `aug.on_device` the views are still made in the step, as in training);
-* `e2e_examples_per_s`: the training loop as `core/loop.py` runs it (next batch, put on devices, step),
+* `e2e_examples_per_s`: the training loop as `core/loop.py` runs it (next batch, put on devices, step,
+  metric tally),
   timed between two halves of the synthetic steps (load drift on a shared machine hits both alike);
 * `e2e_over_synthetic`: end-to-end / synthetic throughput (1.0: the input never stalls the device);
 * `compile_s`, `flops_per_step` (XLA's cost analysis of the compiled step, summed over devices),
@@ -45,6 +46,7 @@ from s4mi_jax.cli import parse_flags
 from s4mi_jax.core import compile_cache, sharding, train_state
 from s4mi_jax.core import run as core_run
 from s4mi_jax.core.compiled import compiled_stats
+from s4mi_jax.core.loop import tally_fn
 from s4mi_jax.core.metric_writer import run_environment
 from s4mi_jax.data.prefetch import DevicePrefetch
 from s4mi_jax.errors import S4MIError
@@ -193,13 +195,22 @@ def run(
     batch = sharding.put_batch({k: v for k, v in next(it).items() if k in fields}, mesh)
     _close(it)  # Its prefetch threads would compete with the device step on a CPU.
 
+    tallies = []  # The loop's (empty, update) for the step's metrics, built at the first step.
+
     def steps_on(state, batches, n):
-        metrics = None
+        metrics = tally = None
         for i in range(n):
             b = batch if batches is None else next(batches)
             b = {k: b[k] for k in fields}
             state, metrics = compiled(state, b, jax.random.fold_in(state.rng, i))
-        jax.block_until_ready((state, metrics))
+            if batches is not None:  # End to end includes the loop's per-step metric tally.
+                m = dict(metrics)
+                bad = m.pop("nonfinite", 0.0)
+                if not tallies:
+                    tallies.append(tally_fn(m))
+                empty, update = tallies[0]
+                tally = update(empty() if tally is None else tally, m, bad, i + 1)
+        jax.block_until_ready((state, metrics, tally))
         return state, metrics
 
     # 3. Synthetic, end to end, synthetic (A B A: a linear drift in a shared machine's load hits both
