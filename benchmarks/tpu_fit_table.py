@@ -42,6 +42,10 @@ def main(folder: str) -> None:
             need = re.search(r"need ([\d.]+ GiB) per device, ([\d.]+ GiB) available", err)
             dev = re.search(r"per-device batch (\d+) on (\d+) device", err)
             n, batch = (dev.group(2), int(dev.group(1)) * int(dev.group(2))) if dev else ("?", "")
+            small = re.search(r"batch_size=(\d+) must be divisible by the (\d+) devices", err)
+            if small:  # A global batch smaller than the chips: nothing to compile.
+                batch, n = small.groups()
+                err = f"global batch {batch} cannot be split over {n} devices (data parallel)"
             what = (
                 f"does not fit: needs {need.group(1)}, {need.group(2)} available" if need else err
             )

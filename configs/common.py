@@ -121,6 +121,9 @@ def pretrain_data_config() -> ml_collections.ConfigDict:
             channels=placeholder(int),  # None: as stored (1 for grayscale X-rays).
             verify=True,  # Check every file before training (fails early on a corrupt image).
             num_workers=0,  # Grain worker processes for augmentation (0: threads in this process).
+            # With aug.on_device and num_workers=0: keep the decoded, resized images in memory when
+            # all of them fit in this many MiB (decode once, not every epoch); 0 = never.
+            keep_in_memory_mb=1024,
             # Patient-grouped, stratified val/test splits, as in the classification configs:
             # pretraining excludes both; the linear probe tests on `test`.
             split_seed=0,
@@ -210,6 +213,7 @@ def classification_config(method: str, arg: str | None) -> ml_collections.Config
         channels=placeholder(int),
         verify=True,
         num_workers=0,
+        keep_in_memory_mb=1024,  # As the pretraining configs' (aug.on_device only).
         split_seed=0,  # Test/val split: the same for every fraction and seed.
         val_fraction=0.1,
         test_fraction=0.2,

@@ -199,6 +199,51 @@ def test_source_transform_only_resizes():
     cfg.source_size = 24
     assert da.SourceImage(cfg).random_map(rec, None)["image"].shape == (24, 24, 3)
     # The multi-crop views themselves run inside the DINO step in tests/test_mixed_precision.py.
+    same = {**rec, "image": augment.resize(rec["image"], 24)}  # Already S x S: passes as it is.
+    np.testing.assert_array_equal(da.SourceImage(cfg).prepare(same)["image"], same["image"])
+
+
+class _CountingSource:
+    """Eleven random images of (40 + i) x 40 pixels; counts the reads of each record."""
+
+    def __init__(self):
+        self.reads = [0] * 11
+        rng = np.random.default_rng(0)
+        self.images = [rng.integers(0, 256, (40 + i, 40, 3), np.uint8) for i in range(11)]
+
+    def __len__(self):
+        return 11
+
+    def __getitem__(self, i):
+        self.reads[i] += 1
+        return {"image": self.images[i], "label": np.int32(i % 2), "index": np.int32(i)}
+
+
+def _batches(keep: int, n: int = 9):
+    from s4mi_jax.data import pipeline
+
+    source = _CountingSource()
+    it = pipeline.train_iterator(
+        source,
+        da.SourceImage(common.aug_config(8)),
+        batch_size=4,
+        seed=3,
+        keep_in_memory_bytes=keep,
+    )
+    return [next(it) for _ in range(n)], source.reads
+
+
+def test_small_dataset_is_decoded_once_with_the_same_batches():
+    """Nine batches of 4 = 3+ epochs of 11 records: kept in memory, each record is read once (plus
+    the first, measured for the budget) and the batches are those of the pipeline without it."""
+    kept, reads = _batches(keep=2**20)
+    plain, plain_reads = _batches(keep=0)
+    for a, b in zip(kept, plain, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert reads == [2] + [1] * 10 and min(plain_reads) >= 3
+    # Over the budget (11 x 16x16x3 bytes and the labels > 8000): read every epoch, as without it.
+    assert min(_batches(keep=8000)[1]) >= 3
 
 
 def test_paired_geometry_keeps_image_and_mask_aligned():

@@ -509,13 +509,17 @@ class SourceImage(grain.transforms.RandomMap):
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.size = source_size(cfg)
 
+    def prepare(self, element: dict) -> dict:
+        """All this transform does, and deterministic: `pipeline.train_iterator` may keep its result
+        in memory for a small dataset. An image already S x S passes as it is (PIL would copy it)."""
+        image = element["image"]
+        if image.shape[:2] != (self.size, self.size):
+            image = augment.resize(image, self.size)
+        return {"image": image, "label": element["label"], "index": element["index"]}
+
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         del rng
-        return {
-            "image": augment.resize(element["image"], self.size),
-            "label": element["label"],
-            "index": element["index"],
-        }
+        return self.prepare(element)
 
 
 def with_device_views(step_fn: Callable, views: ViewFn) -> Callable:

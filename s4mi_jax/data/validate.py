@@ -474,7 +474,13 @@ _POSITIVE_INT = (
     "model.num_heads", "model.embed_dim", "data.num_classes",
 )  # fmt: skip
 _POSITIVE = ("total_steps", "total_epochs", "halt_at_step", "optim.base_lr")
-_NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_epochs", "data.num_workers", "data.split_seed")
+_NON_NEGATIVE = (
+    "optim.weight_decay",
+    "optim.warmup_epochs",
+    "data.num_workers",
+    "data.split_seed",
+    "data.keep_in_memory_mb",
+)
 _FRACTIONS = ("label_fraction",)  # (0, 1]
 _HALF_OPEN = ("data.val_fraction", "data.test_fraction")  # [0, 1)
 REQUIRED = "REQUIRED:"  # A config's data.root placeholder: the user must give the folder.
