@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -20,6 +21,34 @@ def one_line(error: Exception) -> str:
     return " ".join(lines)
 
 
+def check_config_loads(arg: str) -> None:
+    """`get_config` of `--config=FILE[:arg]` runs without raising; if it raises, one line naming the
+    file, the line and the exception (config_flags would report only the exception: "'learning_rate'")."""
+    import importlib.util
+    import traceback
+
+    from s4mi_jax.errors import ConfigError
+
+    path, sep, variant = arg.partition(":")
+    if not os.path.isfile(path):
+        return  # config_flags names a missing file itself.
+    spec = importlib.util.spec_from_file_location("_s4mi_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        module.get_config(variant) if sep else module.get_config()
+    except Exception as e:  # Whatever the user's file raises.
+        mine = os.path.abspath(path)
+        frames = [
+            f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == mine
+        ]
+        where = f" (line {frames[-1].lineno})" if frames else ""
+        call = f"get_config({variant!r})" if sep else "get_config()"
+        raise ConfigError(
+            f"bad config file {path}{where}: {call} raised {type(e).__name__}: {one_line(e)}"
+        ) from None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad `--config...` flag prints one line instead of a traceback."""
     from s4mi_jax.data import validate
@@ -27,10 +56,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
     try:  # config_flags imports the file while parsing: README.md would be a SyntaxError traceback.
         for i, arg in enumerate(argv[1:], start=1):
+            value = None
             if arg.startswith("--config="):
-                validate.check_config_file(arg.split("=", 1)[1])
+                value = arg.split("=", 1)[1]
             elif arg == "--config" and i + 1 < len(argv):
-                validate.check_config_file(argv[i + 1])
+                value = argv[i + 1]
+            if value is not None:
+                validate.check_config_file(value)
+                check_config_loads(value)
     except S4MIError as e:
         print(f"s4mi_jax: error: {e}", file=sys.stderr)
         sys.exit(2)

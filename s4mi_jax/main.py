@@ -3,6 +3,8 @@
 Reads an ml_collections config file (locked: a mistyped `--config.key=value` fails at once), picks the
 trainer named by `config.trainer`, and runs it in `workdir`, resuming from the workdir's latest checkpoint
 if there is one. Problems the user can fix (bad data, bad config values) print one line, not a traceback.
+The workdir is never a data folder (`outputs.check_output`). Ctrl-C saves the current step and exits 130
+(`interrupt`); a start that fails before its first step leaves the workdir as it found it.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import os
 import re
 import sys
 
-import jax
-from absl import app, flags, logging
+from s4mi_jax import interrupt
 
-from s4mi_jax import trainers
-from s4mi_jax.cli import config_file_flag, one_line, parse_flags
-from s4mi_jax.core import compile_cache, distributed, lifeline, run, workdir_lock
-from s4mi_jax.core.loop import log
-from s4mi_jax.data import validate
-from s4mi_jax.errors import S4MIError
+interrupt.quiet_until_started("s4mi_jax")  # Ctrl-C while JAX imports: one line, not a traceback.
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from s4mi_jax import outputs, trainers  # noqa: E402
+from s4mi_jax.cli import config_file_flag, one_line, parse_flags  # noqa: E402
+from s4mi_jax.core import compile_cache, distributed, lifeline, run, workdir_lock  # noqa: E402
+from s4mi_jax.core.loop import log  # noqa: E402
+from s4mi_jax.data import validate  # noqa: E402
+from s4mi_jax.errors import S4MIError  # noqa: E402
 
 _CONFIG = config_file_flag(
     "Config file, e.g. configs/simclr_chest.py or configs/simclr_chest.py:local."
@@ -102,27 +108,49 @@ def main(argv: list[str]) -> None:
     if workdir is None:
         workdir = default_workdir(config_arg)
         log(f"--workdir not given; using {os.path.abspath(workdir)}")
-    try:  # One run per workdir: a second copy (a sweep cell started twice) is refused here.
+    try:  # Never a data folder; one run per workdir (a sweep cell started twice is refused here).
+        outputs.check_output(workdir, "--workdir", outputs.config_data_roots(config))
         lock = workdir_lock.acquire(workdir, jax.process_index())
     except S4MIError as e:
         print(f"s4mi_jax: error: {e}", file=sys.stderr)
         sys.exit(2)
+    interrupt.started()
     try:
-        log(
-            f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) in "
-            f"{jax.process_count()} process(es)"
-        )
         try:
+            log(
+                f"jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].platform} device(s) "
+                f"in {jax.process_count()} process(es)"
+            )
             results = run.run(config, workdir, trainers.get(config.trainer))
         except S4MIError as e:
             # Raised under a JAX transform, the message carries JAX's note on filtered frames: drop it.
             message = str(e).split("\n--------------------")[0]
             print(f"s4mi_jax: error: {message}", file=sys.stderr)
             sys.exit(2)
+        except interrupt.Interrupted as e:
+            print(e.message(), file=sys.stderr, flush=True)
+            sys.exit(interrupt.EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            print(_interrupted_outside_training(workdir), file=sys.stderr, flush=True)
+            sys.exit(interrupt.EXIT_INTERRUPTED)
     finally:  # Held until here (main runs in-process in the tests: the next main may reuse the workdir).
         if lock is not None:
             lock.release()
     log(f"done: results in {os.path.join(workdir, 'results.json')}" if results else "done")
+
+
+def _interrupted_outside_training(workdir: str) -> str:
+    """The line for a Ctrl-C before the loop started (nothing of this start is kept) or after it
+    ended (the final checkpoint is saved: rerunning evaluates)."""
+    from s4mi_jax.core.checkpoint import Checkpointer
+
+    steps = Checkpointer.saved_steps(workdir)
+    if not steps:
+        return "interrupted before the first step; nothing was saved (rerun the command to start)."
+    return (
+        f"interrupted: the latest checkpoint (step {steps[-1]}) is intact; rerun the same command "
+        "to resume from it."
+    )
 
 
 if __name__ == "__main__":

@@ -105,6 +105,15 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    @staticmethod
+    def saved_steps(workdir: str, folder: str = "checkpoints") -> list[int]:
+        """The committed steps in `workdir/folder`, oldest first, read from the folder names alone
+        (no Orbax manager: safe in an error path). Orbax's temporary folders are not steps."""
+        try:
+            return sorted(int(p) for p in os.listdir(os.path.join(workdir, folder)) if p.isdigit())
+        except OSError:
+            return []
+
     def save(
         self,
         step: int,

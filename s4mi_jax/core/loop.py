@@ -1,9 +1,10 @@
-"""The generic training loop every trainer shares: resume, step, log, checkpoint, stop on SIGTERM.
+"""The generic training loop every trainer shares: resume, step, log, checkpoint, stop on SIGTERM/Ctrl-C.
 
 Everything method-specific lives in the jitted `train_step(state, batch, rng) -> (state, metrics)`; the
 loop only moves batches to devices, keeps time and decides when to log and save (big_vision's `itstime`).
 
-Preemption: in a single process, a Python SIGTERM handler raises a flag checked between steps. Under
+Preemption: in a single process, a Python SIGTERM/SIGINT handler (`interrupt.StopFlag`) raises a flag
+checked between steps; a Ctrl-C then raises `interrupt.Interrupted` once the step's checkpoint is saved. Under
 `jax.distributed`, JAX's preemption service catches SIGTERM on any process instead and all processes
 agree on the step to stop at (`reached_preemption_sync_point`), so they save the same checkpoint together
 (a save is collective: one process saving alone would wait for the others forever).
@@ -11,7 +12,6 @@ agree on the step to stop at (`reached_preemption_sync_point`), so they save the
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -24,6 +24,7 @@ from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from s4mi_jax import interrupt
 from s4mi_jax.core import collapse, sharding
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.metric_writer import MetricWriter
@@ -85,32 +86,6 @@ def tally_fn(metric_names) -> tuple[Callable[[], Tally], Callable[..., Tally]]:
     return empty, update
 
 
-class _SigtermFlag:
-    """Turns SIGTERM (TPU VM preemption, `kill`) into a flag the loop checks between steps."""
-
-    def __init__(self, install: bool = True):
-        self.raised = False
-        self._previous = None
-        self._install = install
-
-    def __enter__(self):
-        if not self._install:
-            return self
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # Not the main thread (e.g. some test runners): no handler.
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.raised = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_loop(
     config: ml_collections.ConfigDict,
     *,
@@ -126,14 +101,16 @@ def train_loop(
     eval_fn: Callable[[Any, int], dict[str, float]] | None = None,
     meta: dict | None = None,
     collapse_advice: str = "",
+    on_first_step: Callable[[], None] | None = None,
 ) -> tuple[Any, bool]:
     """Runs `train_step` until `total_steps`. Returns (state, stopped_early).
 
     Cadence from `config`: `log_every`, `ckpt_every`, `eval_every` (if present), `halt_at_step`,
     `nonfinite`, `collapse` (the alarm on the step's `collapse_*` monitors; `collapse_advice` says what
-    to change). On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; rerunning
-    resumes. `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model
+    to change). On SIGTERM, or at `halt_at_step`, it saves a checkpoint and returns early; on Ctrl-C it
+    saves and raises `interrupt.Interrupted`; rerunning resumes. `eval_fn(state, step)` runs every `eval_every` steps and at the end (validation, model
     selection); what it returns is written with the metrics. `meta` is stored with every checkpoint.
+    `on_first_step()` is called once the first step of this invocation has run (training started).
 
     Steps with a non-finite loss or gradient (reported by `guard_nonfinite`) changed nothing; at the
     next log the loop either stops naming the first such step (`nonfinite_policy="stop"`) or counts
@@ -155,12 +132,14 @@ def train_loop(
     reported = 0
     t_last, step_last = time.perf_counter(), step
     preempted = False
-    # Under jax.distributed, JAX's own SIGTERM handler feeds the preemption sync point: keep it.
+    # Under jax.distributed, JAX's own SIGTERM handler feeds the preemption sync point: keep it, and
+    # pass Ctrl-C on to it as SIGTERM.
     multi = jax.distributed.is_initialized()
+    stop_flag = interrupt.StopFlag(forward_to_sigterm=multi, announce=jax.process_index() == 0)
     # The next batches are read and put on the devices in a thread while the step runs; a save
     # rewinds the host iterator to the batches consumed (data/prefetch.py), so resume stays exact.
     put = lambda b: sharding.put_batch(b, mesh)  # noqa: E731
-    with _SigtermFlag(install=not multi) as sigterm, DevicePrefetch(data_iter, put) as batches:
+    with stop_flag as stop, DevicePrefetch(data_iter, put) as batches:
         while step < total_steps:
             batch = next(batches)
             state, metrics = train_step(state, batch, jax.random.fold_in(state.rng, step))
@@ -173,6 +152,8 @@ def train_loop(
                 jax.block_until_ready(metrics)
                 log(f"first step (trace + compile + run): {time.perf_counter() - t_last:.1f}s")
                 t_last, step_last = time.perf_counter(), step  # Throughput excludes compile.
+                if on_first_step is not None:
+                    on_first_step()
             tally = update(tally, metrics, bad, step)
 
             if itstime(step, log_every, total_steps):
@@ -217,10 +198,12 @@ def train_loop(
                 t_last += time.perf_counter() - t_eval  # Throughput counts training time only.
 
             synced = multi and multihost_utils.reached_preemption_sync_point(step)
-            if sigterm.raised or synced or step == halt_at_step:
+            if stop.raised or synced or step == halt_at_step:
                 checkpointer.save(step, state, batches.rewound(), meta)
                 checkpointer.wait()  # Say "saved" only once it is (a full disk raises here).
-                why = "SIGTERM" if sigterm.raised or synced else "config.halt_at_step"
+                if stop.interrupted:  # Ctrl-C: the command says so and exits 130.
+                    raise interrupt.Interrupted(step)
+                why = "SIGTERM" if stop.raised or synced else "config.halt_at_step"
                 log(f"{why}: saved checkpoint at step {step}; rerun the same command to resume.")
                 preempted = True
                 break

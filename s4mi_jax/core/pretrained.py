@@ -81,8 +81,16 @@ def _encoders(tree: Any, path: tuple[str, ...] = ()) -> list[str]:
     return [e for k, v in sorted(tree.items()) for e in _encoders(v, (*path, str(k)))]
 
 
-def _source(full: dict, init_from: str, init_encoder: str | None) -> tuple[str, dict]:
+def _source(
+    full: dict, init_from: str, init_encoder: str | None, flags: tuple[str, str]
+) -> tuple[str, dict]:
     candidates = _encoders(full)
+    if not candidates:
+        raise ConfigError(
+            f"{flags[0]}={init_from} holds no encoder (its model has {sorted(full)}, e.g. a U-Net "
+            "segmentation run): give a pretraining (SimCLR, DINO, CASS) or classification run, or a "
+            "weights file."
+        )
     if init_encoder is None:
         preferred = [c for c in ("encoder", "teacher/encoder") if c in candidates]
         if preferred:
@@ -91,12 +99,12 @@ def _source(full: dict, init_from: str, init_encoder: str | None) -> tuple[str, 
             init_encoder = candidates[0]
         else:
             raise ConfigError(
-                f"config.init_from={init_from} holds encoders {candidates}: choose one with "
-                "config.init_encoder."
+                f"{flags[0]}={init_from} holds encoders {candidates}: choose one with "
+                f"{flags[1]}=<one of them>."
             )
     if init_encoder not in candidates:
         raise ConfigError(
-            f"config.init_encoder={init_encoder!r} is not in {init_from}; it holds {candidates}."
+            f"{flags[1]}={init_encoder!r} is not in {init_from}; it holds {candidates}."
         )
     node = full
     for k in init_encoder.split("/"):
@@ -104,9 +112,42 @@ def _source(full: dict, init_from: str, init_encoder: str | None) -> tuple[str, 
     return init_encoder, node
 
 
-def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
+def _model_hint(init_from: str, model: Any) -> str:
+    """What to pass so that this run's `config.model` matches the one the source run trained (from
+    its config.json): "; the pretraining run used model.width=8 (...)"; "" when unknown."""
+    if model is None or weights.is_weights_file(init_from):
+        return ""
+    import json
+
+    source = None
+    path = os.path.abspath(init_from)
+    for folder in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        candidate = os.path.join(folder, "config.json")
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    source = json.load(f).get("model")
+            except (OSError, ValueError, AttributeError):
+                return ""
+            break
+    mine = model.to_dict() if hasattr(model, "to_dict") else dict(model)
+    if not isinstance(source, dict):
+        return ""
+    differ = [k for k in sorted(source) if k in mine and source[k] != mine[k]]
+    if not differ:
+        return ""
+    shown = " ".join(f"--config.model.{k}={source[k]}" for k in differ)
+    return (
+        f"; the source run used {', '.join(f'model.{k}={source[k]!r}' for k in differ)} "
+        f"(this run: {', '.join(f'{mine[k]!r}' for k in differ)}): use the same config variant as "
+        f"the pretraining (e.g. :local for a :local pretraining) or pass {shown}"
+    )
+
+
+def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str, model: Any = None) -> Any:
     """`target` with every leaf under `prefix` replaced by the matching array of `raw` (the source
-    encoder's tree)."""
+    encoder's tree). With an abstract `target` (ShapeDtypeStructs) only the names, shapes and kinds
+    are checked: what `check_encoder` does before anything is written."""
 
     head = prefix.split("/")
 
@@ -120,6 +161,7 @@ def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
                 raise ConfigError(
                     f"config.init_from={init_from}: parameter {'/'.join(keys[:-1])} is not in the "
                     "checkpoint; was it trained with another config.model?"
+                    + _model_hint(init_from, model)
                 )
             node = node[k]
         value = np.asarray(node)
@@ -127,38 +169,80 @@ def _copy_subtree(target: Any, raw: dict, prefix: str, init_from: str) -> Any:
         if value.shape != x.shape:
             raise ConfigError(
                 f"config.init_from={init_from}: parameter {name} has shape {value.shape} "
-                f"in the checkpoint but {x.shape} in this model; use the pretraining run's config.model."
+                f"in the checkpoint but {x.shape} in this model"
+                + (_model_hint(init_from, model) or "; use the pretraining run's config.model")
+                + "."
             )
+        if np.issubdtype(value.dtype, np.floating) != np.issubdtype(x.dtype, np.floating):
+            raise ConfigError(
+                f"config.init_from={init_from}: parameter {name} is {value.dtype} in the "
+                f"checkpoint but {x.dtype} in this model; it is not this model's encoder."
+            )
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x  # Checked only.
         return jax.device_put(value.astype(x.dtype), x.sharding)
 
     return jax.tree_util.tree_map_with_path(leaf, target)
 
 
-def read_encoder(init_from: str, init_encoder: str | None = None) -> tuple[str, int, dict]:
-    """(encoder path in the checkpoint, step, its nested tree of parameters and statistics)."""
-    directory, step = resolve(init_from)
+CONFIG_FLAGS = ("config.init_from", "config.init_encoder")
+
+
+def read_encoder(
+    init_from: str, init_encoder: str | None = None, flags: tuple[str, str] = CONFIG_FLAGS
+) -> tuple[str, int, dict]:
+    """(encoder path in the checkpoint, step, its nested tree of parameters and statistics).
+    `flags`: how the command names the two settings in its messages (`--init_from` for export)."""
+    directory, step = resolve(init_from, flags[0])
     manager = ocp.CheckpointManager(directory)
-    raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
+    try:
+        raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except (ValueError, OSError, KeyError, FileNotFoundError) as e:
+        raise ConfigError(
+            f"{flags[0]}={init_from}: cannot read checkpoint {step} in {directory} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); is the run damaged or "
+            "still being written?"
+        ) from None
+    finally:
+        manager.close()
+    raw = raw["state"]
     full = _merge(raw["params"], raw["model_state"])
-    name, source = _source(full, init_from, init_encoder)
+    name, source = _source(full, init_from, init_encoder, flags)
     return name, step, source
 
 
 def load_encoder(
-    state: TrainState, init_from: str, init_encoder: str | None = None, prefix: str = "encoder"
+    state: TrainState,
+    init_from: str,
+    init_encoder: str | None = None,
+    prefix: str = "encoder",
+    model: Any = None,
 ) -> tuple[TrainState, str, int]:
     """Returns (state with the pretrained encoder at `prefix`, the source path, the checkpoint step).
 
-    `prefix` is the encoder's path in the state, "/"-separated for nested models ("cnn/encoder")."""
+    `prefix` is the encoder's path in the state, "/"-separated for nested models ("cnn/encoder").
+    `state` may be abstract (ShapeDtypeStructs): then only the checks run (`check_encoder`). `model`
+    (this run's config.model) lets a mismatch say which config.model values the source used."""
     if init_from == RANDOM:
         return state, RANDOM, 0
     if weights.is_weights_file(init_from):
         return _load_file(state, resolve(init_from)[0], prefix)
     name, step, source = read_encoder(init_from, init_encoder)
-    params = _copy_subtree(state.params, source, prefix, init_from)
-    model_state = _copy_subtree(state.model_state, source, prefix, init_from)
+    params = _copy_subtree(state.params, source, prefix, init_from, model)
+    model_state = _copy_subtree(state.model_state, source, prefix, init_from, model)
     return state.replace(params=params, model_state=model_state), name, step
+
+
+def check_encoder(
+    abstract_state: Any,
+    init_from: str,
+    init_encoder: str | None = None,
+    prefix: str = "encoder",
+    model: Any = None,
+) -> None:
+    """Every check `load_encoder` makes (encoder present, names, shapes, kinds), on the abstract state:
+    run before a workdir is written, so a refused start leaves nothing behind."""
+    load_encoder(abstract_state, init_from, init_encoder, prefix, model)
 
 
 def _nest(flat: dict[str, np.ndarray]) -> dict:

@@ -289,10 +289,43 @@ def config_start(config: ml_collections.ConfigDict, prefix: str = "encoder") -> 
     return (Start(prefix, config.init_from, config.get("init_encoder")),)
 
 
+def _entries(workdir: str) -> set[str]:
+    """The names in `workdir` (none if it does not exist yet)."""
+    try:
+        return set(os.listdir(workdir))
+    except OSError:
+        return set()
+
+
+def _remove_what_a_failed_start_wrote(workdir: str, before: set[str]) -> None:
+    """A start that failed before its first step leaves nothing that would block its fix (a
+    config.json of the failed config, an empty checkpoints/): remove what it added to the workdir.
+    Entries that were there before it (an earlier run's, anything of the user's) are kept."""
+    if jax.process_index() != 0:
+        return
+    import shutil
+
+    for name in sorted(_entries(workdir) - before):
+        if name.startswith(".lock"):
+            continue  # The lock's own file: its release removes it.
+        path = os.path.join(workdir, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass  # Best effort: the error being raised says what went wrong.
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer) -> dict:
     """Trains `trainer`'s task in `workdir` (resuming it if it holds a checkpoint), then validates,
     tests and writes results.json; returns its dict, or {} if the run stopped early (SIGTERM,
-    `halt_at_step`: rerunning resumes)."""
+    `halt_at_step`: rerunning resumes; Ctrl-C raises `interrupt.Interrupted` after saving).
+
+    Everything that can be checked before step 1 is checked before the workdir is written (the data,
+    the mesh and batch, the pretrained starts against the model's shapes); a start that still fails
+    before its first checkpoint removes what it wrote (`_remove_what_a_failed_start_wrote`)."""
     t_start = time.time()
     data = trainer.load_data(config)  # Validates the data before anything is written.
     mesh = sharding.make_mesh(config.mesh)
@@ -301,14 +334,41 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer) -> di
     for s in task.starts:
         pretrained.resolve(s.init_from, s.key)  # Fails now, before anything is written.
     built = build(config, mesh, task, data)
+    fresh = not os.path.exists(os.path.join(workdir, "config.json"))
+    if fresh:  # Shapes and names of each start against the model, still before anything is written.
+        for s in task.starts:
+            pretrained.check_encoder(
+                built.abstract_state,
+                s.init_from,
+                s.init_encoder,
+                s.prefix,
+                model=config.get("model"),
+            )
     step_fn = train_state.jit_step(built.step, train_state.shardings_of(built.abstract_state), mesh)
     data_iter = task.make_iterator()
 
-    prepare_workdir(workdir, config, data=dict(data.sources))
-    if data.manifest is not None:
-        data.manifest.save(os.path.join(workdir, "manifest.json"))
-    checkpointer = Checkpointer.for_run(workdir, config)
-    state, resume_step = _restore_or_init(workdir, checkpointer, built, data_iter, task.starts)
+    before, progress = _entries(workdir), {"first_step": False}
+    try:
+        prepare_workdir(workdir, config, data=dict(data.sources))
+        if data.manifest is not None:
+            data.manifest.save(os.path.join(workdir, "manifest.json"))
+        checkpointer = Checkpointer.for_run(workdir, config)
+        state, resume_step = _restore_or_init(workdir, checkpointer, built, data_iter, task.starts)
+        return _train_and_test(
+            config, workdir, task, data, mesh, built, step_fn, data_iter, checkpointer, state,
+            resume_step, t_start, progress,
+        )  # fmt: skip
+    except BaseException:
+        if fresh and not progress["first_step"]:
+            _remove_what_a_failed_start_wrote(workdir, before)
+        raise
+
+
+def _train_and_test(
+    config, workdir, task, data, mesh, built, step_fn, data_iter, checkpointer, state, resume_step,
+    t_start, progress,
+) -> dict:  # fmt: skip
+    """The loop, model selection and the test: `run` once the state exists."""
     writer = MetricWriter(workdir, resume_step=resume_step)
     evaluator = task.evaluator(Context(config, workdir, mesh, built, data, writer))
     best = BestCheckpoints(
@@ -342,6 +402,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer) -> di
         eval_fn=None if evaluator.validate is None else best.track(evaluator.validate),
         meta=dict(data.meta) or None,
         collapse_advice=task.collapse_advice,
+        on_first_step=lambda: progress.update(first_step=True),
     )
     checkpointer.close()
     best.wait()

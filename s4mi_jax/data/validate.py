@@ -478,9 +478,12 @@ _NON_NEGATIVE = (
     "optim.weight_decay",
     "optim.warmup_epochs",
     "data.num_workers",
-    "data.split_seed",
     "data.keep_in_memory_mb",
 )
+# Seeds reach NumPy, JAX and Grain, whose shuffles take an unsigned 32-bit seed: checked here, not
+# after the workdir is written.
+_SEEDS = ("seed", "data.split_seed")
+SEED_MAX = 2**32 - 1
 _FRACTIONS = ("label_fraction",)  # (0, 1]
 _HALF_OPEN = ("data.val_fraction", "data.test_fraction")  # [0, 1)
 REQUIRED = "REQUIRED:"  # A config's data.root placeholder: the user must give the folder.
@@ -508,6 +511,14 @@ def check_config(config) -> None:
             f"config.data.root is not set: this config has no default data; give its folder, "
             f"e.g. {example}"
         )
+    for key in _SEEDS:
+        value = _get(config, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+            raise ConfigError(
+                f"config.{key}={value!r} must be an integer in [0, {SEED_MAX}] (e.g. 0, 1, 2)."
+            )
     for key in _POSITIVE_INT + _POSITIVE + _NON_NEGATIVE + _FRACTIONS + _HALF_OPEN:
         value = _get(config, key)
         if value is None or isinstance(value, dict) or hasattr(value, "keys"):

@@ -80,17 +80,26 @@ def save_tensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     metadata = {str(k): str(v) for k, v in metadata.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-
-        save_file(tensors, tmp, metadata=metadata)
-    elif path.endswith(".npz"):
-        with open(tmp, "wb") as f:
-            np.savez(f, __metadata__=np.array(json.dumps(metadata)), **tensors)
-    else:
+    if not path.endswith(WEIGHT_SUFFIXES):
         raise ConfigError(f"{path}: weights must be {' or '.join(WEIGHT_SUFFIXES)}.")
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import SafetensorError
+            from safetensors.numpy import save_file
+
+            try:
+                save_file(tensors, tmp, metadata=metadata)
+            except SafetensorError as e:  # A full disk, from the library's own writer.
+                raise OSError(str(e)) from None
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, __metadata__=np.array(json.dumps(metadata)), **tensors)
+        os.replace(tmp, path)
+    except BaseException:  # A full disk or a Ctrl-C leaves no half-written file behind.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def detect_layout(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> str:

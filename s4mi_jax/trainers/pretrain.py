@@ -21,7 +21,7 @@ from s4mi_jax.core.loop import log
 from s4mi_jax.core.metric_writer import write_json
 from s4mi_jax.data import device_augment, manifests, pipeline
 from s4mi_jax.data.sources import SubsetSource
-from s4mi_jax.errors import DataError
+from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
 
@@ -58,6 +58,12 @@ def load_data(config: ml_collections.ConfigDict) -> run.RunData:
         raise DataError(
             f"{len(s.pretrain)} training images in {s.pretrain.root} is fewer than "
             f"config.batch_size={config.batch_size}."
+        )
+    if config.eval.linear_probe and s.probe_test is not None and len(s.probe_test) == 0:
+        raise ConfigError(
+            f"config.data.test_fraction={config.data.test_fraction} leaves the closing linear probe "
+            f"(config.eval.linear_probe) no test images in {s.pretrain.root}: set data.test_fraction "
+            "> 0 (e.g. 0.2), give data.eval_root, or pass --config.eval.linear_probe=False."
         )
     eval_source = s.probe_test if config.data.eval_root else None
     return run.RunData(
