@@ -1,0 +1,1329 @@
+"""Random small datasets and configs for the property-based contract test (issue 25).
+
+`make_case(seed, root)` writes one random small dataset under `root` with a seeded
+`numpy.random.default_rng(seed)` (deterministic: a seed names its case) and returns a `Case`: the
+real commands to run (`python -m s4mi_jax.inspect_data | main | predict | score`) and what the
+generator knows about the data. `run_case(case, base)` runs them as subprocesses and checks the
+contract of docs/reliability.md:
+
+- exit status 0, or the command's refusal status (2; `inspect_data` and `predict` also use 1, see
+  their `main`) with stderr's last non-empty line starting with the command's prefix
+  (`s4mi_jax: error:`, ...) and naming the file, row or config key;
+- never `Traceback` in stdout or stderr;
+- every data folder byte-identical afterwards (each file's bytes and the list of paths, so a new file
+  counts);
+- in a workdir that held a checkpoint, the latest checkpoint and `best/` unchanged unless the step
+  was allowed to train on (and exited 0);
+- where the generator knows the answer: good data accepted, bad data refused, and on exit 0 the
+  data read as intended (`inspect_data`'s counts, the trainer's train + val + test counts).
+
+No test functions here: `tests/test_contract_property.py` runs a small budget in the suite,
+`benchmarks/contract_property.py` a large one. Cases that need a finished run (`predict`, `score`,
+reruns into a workdir) get a copy of a tiny run built once per `BaseRuns` folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    from tests.helpers import HANG_GUARD_S
+except ImportError:  # Imported from a script whose path lacks the repository root.
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers import HANG_GUARD_S
+
+SUP = "configs/supervised_chest.py:local"
+SIMCLR = "configs/simclr_chest.py:local"
+SEG = "configs/supervised_seg_ph2.py:local"
+FIXMATCH = "configs/fixmatch_seg_ph2.py:local"
+# Tiny and fast: one or two steps, validation and a checkpoint at each, a small bootstrap.
+TINY = [
+    "--config.total_steps=1",
+    "--config.eval_every=1",
+    "--config.ckpt_every=1",
+    "--config.log_every=1",
+]
+TINY_CLS = [*TINY, "--config.eval.bootstrap=10"]
+
+PREFIX = {
+    "s4mi_jax.main": "s4mi_jax: error:",
+    "s4mi_jax.inspect_data": "inspect_data: error:",
+    "s4mi_jax.predict": "predict: error:",
+    "s4mi_jax.score": "score: error:",
+}
+# Refusal statuses besides 0: inspect_data exits 1 when it found errors (2: no dataset there);
+# predict exits 1 when no image could be predicted (each skipped file listed on stderr).
+REFUSAL = {
+    "s4mi_jax.main": {2},
+    "s4mi_jax.inspect_data": {1, 2},
+    "s4mi_jax.predict": {1, 2},
+    "s4mi_jax.score": {2},
+}
+
+
+@dataclasses.dataclass
+class Step:
+    module: str  # s4mi_jax.main | inspect_data | predict | score
+    args: list[str]
+    expect: str = "either"  # "ok" (exit 0), "error" (refused), "either" (the contract only)
+    names: tuple[str, ...] = ()  # A refusal's line must contain one of these (file, row, key).
+    counts: dict | None = None  # On exit 0, what the command must report (see `_check_counts`).
+    workdir: str | None = None  # Its checkpoints must not change unless `may_train` and exit 0.
+    may_train: bool = False
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+    def short(self) -> str:
+        return " ".join(["python -m", self.module, *self.args])
+
+
+@dataclasses.dataclass
+class Case:
+    seed: int
+    family: str
+    description: str
+    root: str
+    data_dirs: list[str]  # Folders that must stay byte-identical.
+    steps: list[Step]
+    needs_run: str | None = None  # "classify" / "segment": a finished run copied to ROOT/run first.
+    prepare: list[tuple] = dataclasses.field(default_factory=list)  # Applied to that copy.
+    # Steps that both read the same data with the same label options: the inspector and the trainer
+    # must agree on accepting it (docs/data.md: "usable" means the trainer accepts the data).
+    agree: tuple[int, int] | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "seed": self.seed,
+            "family": self.family,
+            "description": self.description,
+            "needs_run": self.needs_run,
+            "prepare": [list(map(str, p)) for p in self.prepare],
+            "steps": [s.short() for s in self.steps],
+        }
+
+
+# ---- Writing files ----------------------------------------------------------------------------
+
+MODES = ["L", "L", "RGB", "RGBA", "P", "I;16", "I;16B", "1", "LA", "L:jpg", "RGB:jpg", "RGB:exif"]
+
+
+def write_image(path: Path, mode: str, size: tuple[int, int], rng) -> Path:
+    """One random image of `mode` (PIL's, or `X:jpg`, `RGB:exif`: a JPEG with EXIF orientation 6),
+    `size` = (W, H). Returns the path written (the extension follows the format)."""
+    w, h = size
+    kind, _, fmt = mode.partition(":")
+    path = path.with_suffix(
+        ".jpg" if fmt in ("jpg", "exif") else ".tif" if kind == "I;16B" else path.suffix
+    )
+    if kind == "L":
+        im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+    elif kind in ("RGB", "RGBA"):
+        im = Image.fromarray(rng.integers(0, 256, (h, w, len(kind)), dtype=np.uint8), kind)
+    elif kind == "LA":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 2), dtype=np.uint8), "LA")
+    elif kind == "P":
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).quantize(16)
+    elif kind == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    elif kind == "I;16B":
+        im = Image.frombytes(
+            "I;16B", (w, h), rng.integers(0, 65536, (h, w)).astype(">u2").tobytes()
+        )
+    elif kind == "1":
+        im = Image.fromarray(rng.integers(0, 2, (h, w)).astype(bool))
+    else:
+        raise ValueError(mode)
+    if fmt == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: rotate 90 CW to display.
+        im.save(path, exif=exif)
+    else:
+        im.save(path)
+    return path
+
+
+def encode_csv(rows: list[list[str]], delimiter: str, encoding: str, crlf: bool) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n").writerows(rows)
+    return buf.getvalue().encode(encoding)
+
+
+def tree_digest(path: str | Path) -> dict[str, str]:
+    """Every path under `path` (folders, files, links) -> a digest of what it is: the list of paths
+    and every file's bytes."""
+    out = {}
+    base = os.fsencode(str(path))
+    if not os.path.lexists(base):
+        return {"": "absent"}
+    if os.path.isfile(base):
+        with open(base, "rb") as f:
+            return {"": hashlib.sha256(f.read()).hexdigest()}
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base).decode("utf-8", "backslashreplace")
+            if os.path.islink(full):
+                out[rel] = "link:" + os.readlink(full).decode("utf-8", "backslashreplace")
+            elif os.path.isdir(full):
+                out[rel] = "dir"
+            else:
+                with open(full, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def digest_diff(before: dict, after: dict) -> str:
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    parts = [
+        f"{what} {paths[:5]}"
+        for what, paths in (("added", added), ("removed", removed), ("changed", changed))
+        if paths
+    ]
+    return "; ".join(parts)
+
+
+# ---- Classification folders -------------------------------------------------------------------
+
+CLASS_POOLS = [
+    ["NORMAL", "PNEUMONIA", "COVID"],
+    ["benign", "malignant", "other"],
+    ["Normal", "Pneumonía", "Tuberculose"],  # Non-ASCII: Latin-1 can't pass for UTF-8 here.
+    ["grade1", "grade2", "grade3"],
+]
+ENCODINGS = ["utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252", "utf-16-le"]
+DELIMITERS = [",", ",", ",", ";", "\t", "|"]
+# Data defects: (name, the trainer refuses it). Which file it names is worked out where it is planted.
+DEFECTS = [
+    ("corrupt", True),
+    ("truncated", True),
+    ("zero_byte", True),
+    ("missing_file", True),
+    ("duplicate_row", True),
+    ("id_gap", True),
+    ("negative_label", True),
+    ("float_label", True),
+    ("empty_label", True),
+    ("mixed_ids_names", True),
+    ("case_variant", True),
+    ("typo_variant", True),
+    ("lonely_class", True),
+    ("labels_folder", True),
+    ("header_only", True),
+    ("empty_csv", True),
+    ("no_label_column", True),
+    ("bad_filename", True),
+    ("png_as_csv", True),
+    ("non_image_file", False),
+    ("unlabeled_extra", False),
+    ("padded_labels", False),
+    ("blank_rows", False),
+]
+
+
+@dataclasses.dataclass
+class ClsData:
+    root: Path
+    bad: list[str]  # Defects that make the trainer refuse it.
+    names: list[str]  # What a refusal should name.
+    images: int  # Readable images.
+    labels: list[str]  # The label of each labeled image, as the trainer should read it.
+    description: str
+    sure: bool  # The generator is sure a clean version is accepted (splits included).
+    label_flags: dict  # --class_names / --accept_label_warnings given to both commands.
+
+
+def make_cls_folder(root: Path, rng, defects: list[str] | None = None) -> ClsData:
+    """A random classification folder: images/ + labels.csv (+ metadata.csv), random encodings,
+    delimiters, label spellings, image modes and sizes, and `defects` (random if None)."""
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True)
+    k = int(rng.choice([2, 2, 2, 3]))
+    pool = CLASS_POOLS[int(rng.integers(len(CLASS_POOLS)))]
+    spelling = str(rng.choice(["ids", "ids", "names", "names"]))
+    per_class = int(rng.integers(6, 9))
+    n = k * per_class
+    modes = (
+        [str(rng.choice(MODES))]
+        if rng.random() < 0.6
+        else [str(m) for m in rng.choice(MODES, size=3)]
+    )
+    if rng.random() < 0.5:
+        sizes = [(int(rng.integers(4, 25)), int(rng.integers(4, 25)))] * n
+    else:
+        sizes = [(int(rng.integers(4, 25)), int(rng.integers(4, 25))) for _ in range(n)]
+    files = []
+    for i in range(n):
+        p = write_image(images_dir / f"im{i:02d}.png", modes[i % len(modes)], sizes[i], rng)
+        files.append(p.name)
+    order = rng.permutation(n)
+    classes = [order[i] % k for i in range(n)]
+    labels = [str(c) if spelling == "ids" else pool[c] for c in classes]
+    if defects is None:
+        defects = []
+        if rng.random() < 0.7:
+            count = 1 if rng.random() < 0.8 else 2
+            defects = [
+                str(d) for d in rng.choice([d for d, _ in DEFECTS], size=count, replace=False)
+            ]
+    refusing = dict(DEFECTS)
+    bad = [d for d in defects if refusing[d]]
+    names: list[str] = [str(root)]
+    rows = [[f, y] for f, y in zip(files, labels, strict=True)]
+    expected_labels = list(labels)
+    readable = n
+    label_flags: dict = {}
+    sure = k == 2
+
+    def pick() -> int:
+        return int(rng.integers(n))
+
+    for d in defects:
+        if d in ("corrupt", "truncated", "zero_byte"):
+            i = pick()
+            target = images_dir / files[i]
+            data = target.read_bytes()
+            target.write_bytes(
+                b""
+                if d == "zero_byte"
+                else data[: max(1, len(data) // 3)]
+                if d == "truncated"
+                else bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+            )
+            names.append(files[i])
+        elif d == "missing_file":
+            rows.append(["gone.png", rows[0][1]])
+            names.append("gone.png")
+        elif d == "duplicate_row":
+            rows.append(list(rows[pick()]))
+            names.append("listed twice")
+        elif d == "id_gap":
+            rows = [[f, str(k) if y == rows[0][1] else y] for f, y in rows]
+            names.append("labels.csv")
+        elif d in ("negative_label", "float_label", "empty_label"):
+            i = pick()
+            rows[i][1] = {"negative_label": "-1", "float_label": "1.0", "empty_label": ""}[d]
+            names.append("labels.csv")
+        elif d == "mixed_ids_names":
+            i = pick()
+            rows[i][1] = "0" if spelling == "names" else "NORMAL"
+            names.append("labels.csv")
+        elif d in ("case_variant", "typo_variant"):
+            i = pick()
+            y = rows[i][1] if spelling == "names" else pool[int(rows[i][1])]
+            rows = [[f, pool[int(v)]] if spelling == "ids" else [f, v] for f, v in rows]
+            rows[i][1] = (
+                y.swapcase() if d == "case_variant" else y[:-1] + ("x" if y[-1] != "x" else "y")
+            )
+            names.append("labels.csv")
+        elif d == "lonely_class":
+            rows[pick()][1] = str(k) if spelling == "ids" else "Lonely"
+            names.append(str(root))
+        elif d == "labels_folder":
+            names.append("labels.csv")
+        elif d in ("header_only", "empty_csv", "no_label_column", "png_as_csv"):
+            names.append("labels.csv")
+        elif d == "bad_filename":
+            with open(os.path.join(os.fsencode(str(images_dir)), b"caf\xe9.png"), "wb") as f:
+                f.write((images_dir / files[0]).read_bytes())
+            names.append("caf")
+        elif d == "non_image_file":
+            (images_dir / "notes.txt").write_text("not an image\n")
+        elif d == "unlabeled_extra":
+            write_image(images_dir / "extra.png", modes[0], sizes[0], rng)
+            readable += 1
+        elif d == "padded_labels":
+            rows = [[f, f"  {y} "] for f, y in rows]
+        elif d == "blank_rows":
+            rows.insert(int(rng.integers(1, len(rows))), ["", ""])
+    # The CSV itself.
+    encoding = str(rng.choice(ENCODINGS))
+    delimiter = str(rng.choice(DELIMITERS))
+    crlf = bool(rng.random() < 0.3)
+    header = ["filename", "label"] if "no_label_column" not in defects else ["filename", "class"]
+    text_rows = [header, *rows]
+    non_ascii = any(not c.isascii() for r in text_rows for c in "".join(r))
+    if encoding == "utf-16-le" or (encoding in ("latin-1", "cp1252") and non_ascii):
+        bad.append(f"encoding {encoding}")
+        names.append("labels.csv")
+    if delimiter == "|":
+        bad.append("delimiter |")
+        names.append("labels.csv")
+    if delimiter == "\t" and any(r[1].strip() != r[1] for r in rows):
+        pass  # Stripped as any other cell.
+    target = root / "labels.csv"
+    if "labels_folder" in defects:
+        target.mkdir()
+    elif "empty_csv" in defects:
+        target.write_bytes(b"" if rng.random() < 0.5 else b"\n\n")
+    elif "header_only" in defects:
+        target.write_bytes(encode_csv([header], delimiter, encoding, crlf))
+    elif "png_as_csv" in defects:
+        shutil.copy(images_dir / files[-1], target)
+    else:
+        target.write_bytes(encode_csv(text_rows, delimiter, encoding, crlf))
+    # Patients.
+    meta = str(rng.choice(["none", "none", "each", "pairs", "blank", "PatientID", "conflict"]))
+    if meta != "none":
+        col = "PatientID" if meta == "PatientID" else "patient_id"
+        mrows = []
+        for i, f in enumerate(files):
+            pid = f"p{i // 2 if meta == 'pairs' else i:02d}"
+            mrows.append([f, "" if meta == "blank" and i % 3 == 0 else pid])
+        if meta == "pairs":  # Two images of one class per patient.
+            by_class: dict = {}
+            for f, c in zip(files, classes, strict=True):
+                by_class.setdefault(c, []).append(f)
+            mrows = [[f, f"p{c}_{j // 2}"] for c, fs in by_class.items() for j, f in enumerate(fs)]
+            sure = False  # Fewer patients: a small split can lack a class.
+        if meta == "conflict":
+            mrows.append([files[0], "p99"])
+        meta_encoding = encoding if encoding not in ("utf-16-le",) else "utf-8"
+        if meta_encoding in ("latin-1", "cp1252") and not non_ascii:
+            pass
+        (root / "metadata.csv").write_bytes(
+            encode_csv(
+                [["filename", col], *mrows],
+                "," if delimiter == "|" else delimiter,
+                meta_encoding,
+                crlf,
+            )
+        )
+        if meta in ("PatientID", "conflict"):
+            bad.append(f"metadata {meta}")
+            names.append("metadata.csv")
+    if any(d in defects for d in ("case_variant", "typo_variant")) and rng.random() < 0.3:
+        label_flags["accept_label_warnings"] = True
+        sure = False
+    # Labels as read: cells stripped, blank rows skipped.
+    expected_labels = [y.strip() for f, y in rows if f.strip() or y.strip()]
+    description = (
+        f"classification: {n} images {modes} sizes {sorted(set(sizes))[:3]}, {k} classes as {spelling}, "
+        f"labels.csv {encoding} {delimiter!r}{' CRLF' if crlf else ''}, metadata {meta}, defects {defects}"
+    )
+    return ClsData(root, bad, names, readable, expected_labels, description, sure, label_flags)
+
+
+def make_clean_cls_folder(root: Path, rng) -> int:
+    """A folder the trainer surely accepts (random modes and sizes, two classes as ids 0/1, a plain
+    UTF-8 labels.csv, no metadata.csv), for the cases that test something else. Returns its size."""
+    make_cls_folder(root, rng, defects=[])
+    files = sorted(p.name for p in (root / "images").iterdir())
+    rows = [["filename", "label"]] + [[f, str(i % 2)] for i, f in enumerate(files)]
+    (root / "labels.csv").write_bytes(encode_csv(rows, ",", "utf-8", False))
+    if (root / "metadata.csv").exists():
+        (root / "metadata.csv").unlink()
+    return len(files)
+
+
+def _inspect_flags(flags: dict) -> list[str]:
+    out = []
+    if flags.get("accept_label_warnings"):
+        out.append("--accept_label_warnings")
+    if flags.get("class_names"):
+        out.append(f"--class_names={flags['class_names']}")
+    return out
+
+
+def _config_label_flags(flags: dict) -> list[str]:
+    out = []
+    if flags.get("accept_label_warnings"):
+        out.append("--config.data.accept_label_warnings=True")
+    if flags.get("class_names"):
+        out.append(f"--config.data.class_names={flags['class_names']}")
+    return out
+
+
+def _cls_counts(d: ClsData) -> dict:
+    return {"images": d.images, "labeled": len(d.labels), "classes": dict(Counter(d.labels))}
+
+
+def case_classification(seed: int, root: Path, rng) -> Case:
+    data = make_cls_folder(root / "data", rng)
+    expect = "error" if data.bad else ("ok" if data.sure else "either")
+    inspect = Step(
+        "s4mi_jax.inspect_data",
+        [f"--data_dir={data.root}", *_inspect_flags(data.label_flags)],
+        expect=expect,
+        names=tuple(data.names),
+        counts=_cls_counts(data) if not data.bad else None,
+    )
+    steps = [inspect]
+    agree = None
+    # The trainer refuses bad data before compiling (seconds); a full tiny run is a minute, so only
+    # some good folders get one.
+    if data.bad or rng.random() < 0.3:
+        workdir = root / "run"
+        config = SUP if rng.random() < 0.8 else SIMCLR
+        main = Step(
+            "s4mi_jax.main",
+            [
+                f"--config={config}",
+                f"--config.data.root={data.root}",
+                f"--workdir={workdir}",
+                *TINY_CLS,
+                *_config_label_flags(data.label_flags),
+            ],
+            expect=expect if config == SUP else "either",
+            names=tuple(data.names),
+            counts={"labeled": len(data.labels)} if config == SUP and not data.bad else None,
+        )
+        steps.append(main)
+        if config == SUP:
+            agree = (0, 1)
+    return Case(
+        seed, "classification", data.description, str(root), [str(data.root)], steps, agree=agree
+    )
+
+
+# ---- Segmentation folders ---------------------------------------------------------------------
+
+MASK_SCHEMES = [
+    "0/1",
+    "0/255",
+    "0/255",
+    "ids3",
+    "ids3+num_classes",
+    "interpolated",
+    "rgb",
+    "wrong_size",
+    "orphan_mask",
+    "partial",
+    "empty",
+    "mask_jpg",
+    "no_masks",
+    "unreadable_mask",
+]
+
+
+def case_segmentation(seed: int, root: Path, rng) -> Case:
+    data = root / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    n = int(rng.integers(8, 13))
+    size = int(rng.integers(12, 33))
+    channels = int(rng.choice([1, 3]))
+    scheme = str(rng.choice(MASK_SCHEMES))
+    yy, xx = np.mgrid[:size, :size]
+    masked = 0
+    values: set = set()
+    for i in range(n):
+        cy, cx = rng.integers(size // 4, 3 * size // 4 + 1, 2)
+        r = int(rng.integers(2, max(3, size // 4)))
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img = (rng.integers(0, 80, (size, size, channels)) + 150 * disc[..., None]).astype(np.uint8)
+        Image.fromarray(img[..., 0] if channels == 1 else img).save(
+            data / "images" / f"im{i:02d}.png"
+        )
+        if scheme == "no_masks" or (scheme == "partial" and i % 3 == 2):
+            continue
+        mask = disc.astype(np.uint8)
+        if scheme == "ids3" or scheme == "ids3+num_classes":
+            mask = mask + ((xx > cx) & disc).astype(np.uint8)
+        elif scheme == "empty":
+            mask = np.zeros_like(mask)
+        elif scheme != "0/1":
+            mask = mask * 255
+        im = Image.fromarray(mask)
+        if scheme == "interpolated" and i == 0:
+            im = im.resize((size // 2, size // 2), Image.BILINEAR).resize(
+                (size, size), Image.BILINEAR
+            )
+        if scheme == "rgb" and i == 0:
+            im = im.convert("RGB")
+        if scheme == "wrong_size" and i == 0:
+            im = im.resize((size + 3, size))
+        path = data / "masks" / f"im{i:02d}.{'jpg' if scheme == 'mask_jpg' else 'png'}"
+        im.save(path)
+        if scheme == "unreadable_mask" and i == 0:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        masked += 1
+        values |= set(np.unique(np.asarray(im)).tolist())
+    if scheme == "orphan_mask":
+        Image.fromarray(np.zeros((size, size), np.uint8)).save(data / "masks" / "ghost.png")
+    refused = {
+        "interpolated",
+        "wrong_size",
+        "orphan_mask",
+        "ids3",
+        "no_masks",
+        "unreadable_mask",
+        "mask_jpg",
+    }
+    unsure = {"rgb", "empty"}
+    expect = "error" if scheme in refused else "either" if scheme in unsure else "ok"
+    names = (str(data), "masks", "ghost.png", "im00")
+    extra = ["--config.data.num_classes=3"] if scheme == "ids3+num_classes" else []
+    if channels == 1 and rng.random() < 0.5:
+        extra.append("--config.data.channels=1")
+    steps = [
+        Step(
+            "s4mi_jax.inspect_data",
+            [f"--data_dir={data}", "--masks"],
+            expect="either" if scheme == "ids3+num_classes" or scheme == "ids3" else expect,
+            names=names,
+            counts={"images": n, "masks": masked} if expect == "ok" else None,
+        )
+    ]
+    if expect == "error" or rng.random() < 0.25:
+        config = FIXMATCH if scheme == "partial" and rng.random() < 0.5 else SEG
+        steps.append(
+            Step(
+                "s4mi_jax.main",
+                [
+                    f"--config={config}",
+                    f"--config.data.root={data}",
+                    f"--workdir={root / 'run'}",
+                    *TINY,
+                    *extra,
+                ],
+                expect=expect,
+                names=names,
+            )
+        )
+    description = f"segmentation: {n} images {size}x{size}x{channels}, masks {scheme} (values {sorted(values)[:6]}), {masked} masks"
+    return Case(seed, "segmentation", description, str(root), [str(data)], steps)
+
+
+# ---- .npz datasets ----------------------------------------------------------------------------
+
+NPZ_VARIANTS = [
+    "good",
+    "good",
+    "unlabeled_rows",
+    "rgb",
+    "groups",
+    "class_names",
+    "float_images",
+    "nan_label",
+    "fraction_label",
+    "negative_label",
+    "string_labels",
+    "wrong_length",
+    "object_array",
+    "not_a_zip",
+    "no_images",
+    "empty",
+    "id_gap",
+    "float_integer_labels",
+]
+
+
+def case_npz(seed: int, root: Path, rng) -> Case:
+    data = root / "data"
+    data.mkdir(parents=True)
+    variant = str(rng.choice(NPZ_VARIANTS))
+    n = int(rng.integers(12, 21))
+    size = int(rng.integers(4, 17))
+    shape = (n, size, size, 3) if variant == "rgb" else (n, size, size)
+    arrays: dict = {"images": rng.integers(0, 256, shape, dtype=np.uint8)}
+    labels = np.arange(n) % 2
+    if variant == "unlabeled_rows":
+        labels[rng.choice(n, 3, replace=False)] = -1
+    arrays["labels"] = labels
+    if variant == "groups":
+        arrays["groups"] = np.array([f"p{i}" for i in range(n)])
+    if variant == "class_names":
+        arrays["class_names"] = np.array(["NORMAL", "PNEUMONIA"])
+    if variant == "float_images":
+        arrays["images"] = arrays["images"].astype(np.float32) / 255
+    if variant in ("nan_label", "fraction_label"):
+        arrays["labels"] = labels.astype(np.float64)
+        arrays["labels"][int(rng.integers(n))] = np.nan if variant == "nan_label" else 0.7
+    if variant == "negative_label":
+        arrays["labels"][int(rng.integers(n))] = -3
+    if variant == "string_labels":
+        arrays["labels"] = np.array(["a" if y else "b" for y in labels])
+    if variant == "wrong_length":
+        arrays["labels"] = labels[:-2]
+    if variant == "object_array":
+        arrays["labels"] = np.array([int(y) for y in labels], dtype=object)
+    if variant == "no_images":
+        arrays = {"x": arrays["images"], "labels": labels}
+    if variant == "empty":
+        arrays = {"images": np.zeros((0, size, size), np.uint8), "labels": np.zeros((0,), np.int64)}
+    if variant == "id_gap":
+        arrays["labels"] = labels * 2
+    if variant == "float_integer_labels":
+        arrays["labels"] = labels.astype(np.float32)
+    path = data / "d.npz"
+    if variant == "not_a_zip":
+        path.write_bytes(bytes(rng.integers(0, 256, 200, dtype=np.uint8)))
+    else:
+        np.savez(path, **arrays)
+    good = variant in (
+        "good",
+        "unlabeled_rows",
+        "rgb",
+        "groups",
+        "class_names",
+        "float_integer_labels",
+    )
+    expect = "ok" if good else "error"
+    labeled = int((np.asarray(labels) >= 0).sum())
+    names = (str(path),)
+    steps = [
+        Step("s4mi_jax.inspect_data", [f"--data_dir={path}"], expect=expect, names=names,
+             counts={"images": n, "labeled": labeled} if good else None)
+    ]  # fmt: skip
+    if not good or rng.random() < 0.25:
+        steps.append(
+            Step(
+                "s4mi_jax.main",
+                [
+                    f"--config={SUP}",
+                    f"--config.data.root={path}",
+                    f"--workdir={root / 'run'}",
+                    *TINY_CLS,
+                ],
+                expect=expect,
+                names=names,
+                counts={"labeled": labeled} if good else None,
+            )
+        )
+    return Case(
+        seed,
+        "npz",
+        f"npz {variant}: {shape}",
+        str(root),
+        [str(data)],
+        steps,
+        agree=(0, 1) if len(steps) == 2 else None,
+    )
+
+
+# ---- Config values ----------------------------------------------------------------------------
+
+# key -> (values in range, values out of range, values whose fate the generator leaves open).
+CONFIG_VALUES: dict[str, tuple[list, list, list]] = {
+    "batch_size": ([2, 4, 32], [0, -3, "abc", 2.5], [1]),
+    "total_steps": ([1, 2], [0, -5, "x"], []),
+    "optim.base_lr": ([1e-3, 0.1], [-0.1, "nan", "inf", "-inf"], [0.0, 1e8]),
+    "label_fraction": ([1.0, 0.5], [0.0, 1.5, "nan", -0.5], [0.01]),
+    "data.label_fraction": ([], [0.5], []),  # Not a key: label_fraction is top-level.
+    "data.val_fraction": ([0.1, 0.2], [1.2, -0.1, 1.0, "nan"], [0.0, 0.5]),
+    "data.test_fraction": ([0.2, 0.3], [1.0, -0.2], [0.0, 0.6]),
+    "data.split_seed": ([0, 5], [-1], [2**40]),
+    "seed": ([0, 3, 12345], [-1, -7, 2**64, "zero"], [2**31, 2**40]),
+    "select_metric": (
+        ["auroc", "accuracy"],
+        ["iou", "bogus", ""],
+        ["balanced_accuracy", "f1/1", "loss"],
+    ),
+    "eval.batch_size": ([8, 3], [0, -1], []),
+    "eval.bootstrap": ([0, 5], [-1], []),
+    "aug.image_size": ([16, 32], [0, -8], [17, 1]),
+    "keep_ckpts": ([1, 3], [0, -1], []),
+    "log_every": ([1, 0, -1], [], []),
+    "ckpt_every": ([1, 0], [], [-3]),
+    "eval_every": ([1], [], [0, -1]),
+    "halt_at_step": ([1], [0, -2], []),
+    "nonfinite": (["stop", "skip"], ["bogus"], []),
+    "optim.name": (["adam", "sgd"], ["bogus"], ["lars", "adamw"]),
+    "optim.weight_decay": ([0.0, 1e-4], [-1.0], []),
+    "optim.warmup_epochs": ([0.0, 0.5], [-1.0], []),
+    "model.width": ([4, 8], [0, -4], []),
+    "model.name": (["resnet18"], ["resnet7", "vit_nope"], []),
+    "data.class_names": ([], ["a,a", ","], ["0,1", "x,y"]),
+    "data.channels": ([1, 3], [0, -1], [2, 4]),
+    "data.num_workers": ([0], [-1], [1]),
+    "loss.name": (["cross_entropy"], ["bogus"], ["focal"]),
+    "batch_sise": ([], [4], []),  # A typo.
+    "optim.base_lrr": ([], [0.1], []),
+}
+
+
+def _fmt(v) -> str:
+    return str(v)
+
+
+def case_config(seed: int, root: Path, rng) -> Case:
+    """A good small folder and 1-3 random config values, in range or not."""
+    data_root = root / "data"
+    nimg = make_clean_cls_folder(data_root, np.random.default_rng(seed + 10**6))
+    keys = list(CONFIG_VALUES)
+    chosen = [str(k) for k in rng.choice(keys, size=int(rng.integers(1, 4)), replace=False)]
+    all_good = rng.random() < 0.2
+    overrides, bad, unsure = [], [], []
+    for key in chosen:
+        good, out, either = CONFIG_VALUES[key]
+        pools = (
+            [("good", good)]
+            if all_good and good
+            else [("good", good), ("bad", out), ("either", either)]
+        )
+        pools = [(n, p) for n, p in pools if p]
+        kind, values = pools[int(rng.integers(len(pools)))]
+        value = values[int(rng.integers(len(values)))]
+        overrides.append((key, value))
+        if kind == "bad":
+            bad.append(key)
+        elif kind == "either":
+            unsure.append(key)
+    # Known ill pairs: val + test >= 1; val = 0 = test.
+    over = dict(overrides)
+    val, test = over.get("data.val_fraction", 0.1), over.get("data.test_fraction", 0.2)
+    if (
+        isinstance(val, float)
+        and isinstance(test, float)
+        and val + test >= 1
+        and "data.val_fraction" not in bad
+    ):
+        bad.append("data.val_fraction")
+    if val == 0 and test == 0 and "eval_root" not in over:  # Nothing to select on or test on.
+        bad += ["data.val_fraction", "data.test_fraction"]
+    config = SUP if rng.random() < 0.85 else SIMCLR
+    args = [
+        f"--config={config}",
+        f"--config.data.root={data_root}",
+        f"--workdir={root / 'run'}",
+        *[a for a in TINY_CLS if a.split("=")[0][2:].removeprefix("config.") not in over],
+    ]
+    if config == SIMCLR:
+        args = [a for a in args if "eval.bootstrap" not in a]
+    args += [f"--config.{k}={_fmt(v)}" for k, v in overrides]
+    if "total_steps" in over and over["total_steps"] not in (1, 2):
+        pass
+    expect = "error" if bad else "ok" if not unsure and config == SUP else "either"
+    names = tuple(k.split(".")[-1] for k in bad) if bad else tuple(k.split(".")[-1] for k in chosen)
+    step = Step("s4mi_jax.main", args, expect=expect, names=names + ("config",),
+                counts={"labeled": nimg} if expect == "ok" and "label_fraction" not in over else None)  # fmt: skip
+    desc = f"config {config.split('/')[-1]}: {overrides} (out of range: {bad}, open: {unsure})"
+    return Case(seed, "config", desc, str(root), [str(data_root)], [step])
+
+
+# ---- Workdirs ----------------------------------------------------------------------------------
+
+
+def case_workdir(seed: int, root: Path, rng) -> Case:
+    data = root / "data"
+    make_clean_cls_folder(data, rng)
+    variant = str(rng.choice(["inside_data", "data_root", "images_dir", "a_file", "inside_file"]))
+    if variant == "inside_data":
+        workdir = data / "run"
+    elif variant == "data_root":
+        workdir = data
+    elif variant == "images_dir":
+        workdir = data / "images"
+    else:
+        (root / "afile").write_text("x")
+        workdir = root / "afile" if variant == "a_file" else root / "afile" / "run"
+    step = Step(
+        "s4mi_jax.main",
+        [f"--config={SUP}", f"--config.data.root={data}", f"--workdir={workdir}", *TINY_CLS],
+        expect="error",
+        names=(str(workdir), "workdir"),
+    )
+    return Case(seed, "workdir", f"workdir {variant}", str(root), [str(data)], [step])
+
+
+# ---- Finished runs: predict, score, reruns ------------------------------------------------------
+
+BASE_ARGS = {
+    "classify": [f"--config={SUP}", "--config.total_steps=2", "--config.eval_every=2",
+                 "--config.ckpt_every=1", "--config.log_every=1", "--config.eval.bootstrap=10"],
+    "segment": [f"--config={SEG}", "--config.total_steps=2", "--config.eval_every=2",
+                "--config.ckpt_every=1", "--config.log_every=1"],
+}  # fmt: skip
+
+
+def make_base_data(kind: str, data: Path) -> None:
+    rng = np.random.default_rng(12345)
+    (data / "images").mkdir(parents=True)
+    if kind == "classify":
+        rows = [["filename", "label"]]
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                data / "images" / f"im{i:02d}.png"
+            )
+            rows.append([f"im{i:02d}.png", str(i % 2)])
+        (data / "labels.csv").write_bytes(encode_csv(rows, ",", "utf-8", False))
+    else:
+        (data / "masks").mkdir()
+        yy, xx = np.mgrid[:16, :16]
+        for i in range(10):
+            cy, cx = rng.integers(4, 12, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 9
+            img = (rng.integers(0, 80, (16, 16, 3)) + 150 * disc[..., None]).astype(np.uint8)
+            Image.fromarray(img).save(data / "images" / f"im{i:02d}.png")
+            Image.fromarray((disc * 255).astype(np.uint8)).save(data / "masks" / f"im{i:02d}.png")
+
+
+def run_argv(kind: str, data: Path, workdir: Path) -> list[str]:
+    return [*BASE_ARGS[kind], f"--config.data.root={data}", f"--workdir={workdir}"]
+
+
+def case_run(seed: int, root: Path, rng) -> Case:
+    kind = "classify" if rng.random() < 0.7 else "segment"
+    run, run_data = root / "run", root / "run_data"
+    variant = str(
+        rng.choice(
+            [
+                "predict",
+                "predict",
+                "predict_damaged_best",
+                "predict_damaged_latest",
+                "predict_bad_config_json",
+                "score",
+                "score",
+                "score_bad_results",
+                "rerun_same",
+                "rerun_changed_config",
+                "rerun_more_steps",
+                "rerun_data_changed",
+                "rerun_metrics_non_utf8",
+                "rerun_damaged_config_json",
+                "rerun_damaged_latest",
+                "predict_metrics_non_utf8",
+            ]
+        )
+    )
+    prepare: list[tuple] = []
+    data_dirs = [str(run_data)]
+    steps: list[Step] = []
+    base = run_argv(kind, run_data, run)
+    if variant.startswith("predict"):
+        inp = root / "input"
+        inp.mkdir()
+        good = 0
+        for i in range(int(rng.integers(1, 6))):
+            mode = str(rng.choice(MODES))
+            p = write_image(
+                inp / f"x{i}.png", mode, (int(rng.integers(4, 40)), int(rng.integers(4, 40))), rng
+            )
+            good += 1
+            if rng.random() < 0.2:
+                p.write_bytes(p.read_bytes()[:20])
+                good -= 1
+        data_dirs.append(str(inp))
+        args = [f"--workdir={run}", f"--input={inp}", f"--output={root / 'out'}"]
+        if rng.random() < 0.4:
+            args.append(
+                f"--checkpoint={rng.choice(['best', 'latest', '1', '2', '7', 'newest', '-1'])}"
+            )
+        if rng.random() < 0.3:
+            args.append(f"--batch_size={rng.choice([1, 3, 0, -4])}")
+        if variant == "predict_damaged_best":
+            prepare.append(("damage", "best", int(rng.integers(1000))))
+        if variant == "predict_damaged_latest":
+            prepare.append(("damage", "checkpoints/2", int(rng.integers(1000))))
+            args.append("--checkpoint=latest")
+        if variant == "predict_bad_config_json":
+            prepare.append(("bytes", "config.json", "trunc"))
+        if variant == "predict_metrics_non_utf8":
+            prepare.append(("bytes", "metrics.jsonl", "latin1"))
+        plain = (
+            variant in ("predict", "predict_metrics_non_utf8")
+            and not any(
+                a.startswith("--checkpoint=")
+                and a.split("=")[1] not in ("best", "latest", "1", "2")
+                for a in args
+            )
+            and not any(a in ("--batch_size=0", "--batch_size=-4") for a in args)
+        )
+        steps.append(
+            Step(
+                "s4mi_jax.predict",
+                args,
+                expect=("ok" if good else "error") if plain else "either",
+                names=(str(run), str(inp), "checkpoint", "batch_size", "config.json"),
+                counts={"predicted": good} if plain else None,
+                workdir=str(run),
+            )
+        )
+    elif variant.startswith("score"):
+        args = [f"--workdir={run}"]
+        if variant == "score_bad_results":
+            prepare.append(
+                ("bytes", "results.json", str(rng.choice(["trunc", "latin1", "delete"])))
+            )
+        sub = str(rng.choice(["own", "ext_good", "ext_bad", "checkpoint", "predictions_missing"]))
+        if sub == "ext_good" or sub == "ext_bad":
+            ext = root / "ext"
+            if kind == "classify":
+                make_cls_folder(ext, rng, defects=[] if sub == "ext_good" else None)
+            else:
+                make_base_data("segment", ext)
+                if sub == "ext_bad":
+                    (ext / "masks" / "im00.png").write_bytes(b"not a png")
+            data_dirs.append(str(ext))
+            args.append(f"--data_root={ext}")
+        elif sub == "checkpoint":
+            args.append(f"--checkpoint={rng.choice(['best', 'latest', '1', '9', 'x'])}")
+        elif sub == "predictions_missing":
+            args.append(f"--predictions={root / 'nope'}")
+        if rng.random() < 0.5:
+            args.append(f"--output={root / 'scores.json'}")
+        expect = "ok" if sub == "own" and variant == "score" else "either"
+        steps.append(
+            Step(
+                "s4mi_jax.score",
+                args,
+                expect=expect,
+                names=(str(run), str(root), "checkpoint", "results.json"),
+                workdir=str(run),
+            )
+        )
+    else:
+        args = list(base)
+        expect, may_train = "either", False
+        names: tuple[str, ...] = (str(run), str(run_data))
+        if variant == "rerun_same":
+            expect = "ok"
+        elif variant == "rerun_changed_config":
+            key, value = [
+                ("optim.base_lr", 0.5),
+                ("seed", 3),
+                ("batch_size", 4),
+                ("model.width", 4),
+            ][int(rng.integers(4))]
+            args.append(f"--config.{key}={value}")
+            expect, names = "error", (key,)
+        elif variant == "rerun_more_steps":
+            args.append("--config.total_steps=3")
+            may_train = True
+        elif variant == "rerun_data_changed":
+            prepare.append(("add_image", str(rng.choice(["images", "labels"]))))
+            expect = "error" if kind == "classify" else "either"
+            names = (str(run_data), str(run), "data")
+        elif variant == "rerun_metrics_non_utf8":
+            prepare.append(("bytes", "metrics.jsonl", "latin1"))
+            names = (str(run), "metrics.jsonl")
+        elif variant == "rerun_damaged_config_json":
+            prepare.append(
+                ("bytes", "config.json", str(rng.choice(["trunc", "latin1", "notjson"])))
+            )
+            expect, names = "error", ("config.json",)
+        elif variant == "rerun_damaged_latest":
+            prepare.append(("damage", "checkpoints/2", int(rng.integers(1000))))
+            may_train = True  # Falls back to step 1 and trains it again.
+        steps.append(
+            Step(
+                "s4mi_jax.main",
+                args,
+                expect=expect,
+                names=names,
+                workdir=str(run),
+                may_train=may_train,
+            )
+        )
+    return Case(
+        seed,
+        "run",
+        f"{kind} run: {variant} {prepare}",
+        str(root),
+        data_dirs,
+        steps,
+        needs_run=kind,
+        prepare=prepare,
+    )
+
+
+# ---- The generator ------------------------------------------------------------------------------
+
+FAMILIES = [
+    ("classification", case_classification, 0.32),
+    ("config", case_config, 0.26),
+    ("segmentation", case_segmentation, 0.14),
+    ("npz", case_npz, 0.12),
+    ("workdir", case_workdir, 0.04),
+    ("run", case_run, 0.12),
+]
+
+
+def make_case(seed: int, root: str | Path) -> Case:
+    """One random case under `root` (an empty or missing folder), deterministic in `seed`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    weights = np.array([w for *_, w in FAMILIES])
+    _, make, _ = FAMILIES[int(rng.choice(len(FAMILIES), p=weights / weights.sum()))]
+    return make(seed, root, rng)
+
+
+# ---- Running and checking -----------------------------------------------------------------------
+
+
+def command_env() -> dict:
+    """One CPU device, as a user's laptop; the tests' compile cache, as conftest.py sets it."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    env.setdefault("S4MI_COMPILE_CACHE", str(ROOT / ".jax_cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    env.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+    return env
+
+
+@dataclasses.dataclass
+class StepResult:
+    command: str
+    code: int | None
+    seconds: float
+    stdout: str
+    stderr: str
+    problems: list[str]
+
+
+@dataclasses.dataclass
+class CaseResult:
+    case: Case
+    steps: list[StepResult]
+    problems: list[str]  # "<kind>: <what>" for every violation of the contract or of expectations.
+
+    def to_json(self) -> dict:
+        return {
+            **self.case.to_json(),
+            "problems": self.problems,
+            "results": [
+                {"command": s.command, "code": s.code, "seconds": round(s.seconds, 1),
+                 "problems": s.problems, "stderr_tail": tail(s.stderr, 8), "stdout_tail": tail(s.stdout, 4)}
+                for s in self.steps
+            ],
+        }  # fmt: skip
+
+
+def tail(text: str, n: int) -> str:
+    return "\n".join([line for line in text.splitlines() if line.strip()][-n:])
+
+
+class BaseRuns:
+    """Finished tiny runs, built once in `folder` (on first use) and copied into each case."""
+
+    def __init__(self, folder: str | Path, timeout: float = HANG_GUARD_S):
+        self.folder, self.timeout, self.built = Path(folder), timeout, {}
+
+    def get(self, kind: str) -> tuple[Path, Path]:
+        if kind not in self.built:
+            data, run = self.folder / kind / "data", self.folder / kind / "run"
+            if not (run / "results.json").exists():
+                shutil.rmtree(self.folder / kind, ignore_errors=True)
+                make_base_data(kind, data)
+                proc = subprocess.run(
+                    [sys.executable, "-m", "s4mi_jax.main", *run_argv(kind, data, run)],
+                    cwd=ROOT, env=command_env(), capture_output=True, text=True, timeout=self.timeout,
+                )  # fmt: skip
+                if proc.returncode != 0 or not (run / "results.json").exists():
+                    raise RuntimeError(
+                        f"the base {kind} run failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+                    )
+            self.built[kind] = (data, run)
+        return self.built[kind]
+
+    def copy_into(self, kind: str, case_root: Path) -> None:
+        """The finished run and its data at case_root/run and case_root/run_data, its records
+        pointing at the copy of the data (so rerunning its command there is the same config)."""
+        data, run = self.get(kind)
+        shutil.copytree(data, case_root / "run_data")
+        shutil.copytree(run, case_root / "run", symlinks=True)
+        old, new = str(data), str(case_root / "run_data")
+        for p in (case_root / "run").rglob("*.json"):
+            if p.is_file():
+                text = p.read_text(encoding="utf-8", errors="surrogateescape")
+                if old in text:
+                    p.write_text(text.replace(old, new), encoding="utf-8", errors="surrogateescape")
+
+
+def apply_prepare(action: tuple, case_root: Path) -> None:
+    run, data = case_root / "run", case_root / "run_data"
+    what = action[0]
+    if what == "damage":  # One file of a checkpoint folder: truncated, zeroed or emptied.
+        files = sorted(p for p in (run / action[1]).rglob("*") if p.is_file())
+        if not files:
+            return
+        target = files[action[2] % len(files)]
+        b = target.read_bytes()
+        how = action[2] % 3
+        target.write_bytes(b[: len(b) // 2] if how == 0 else b"\0" * len(b) if how == 1 else b"")
+    elif what == "bytes":
+        target = run / action[1]
+        if action[2] == "delete":
+            target.unlink()
+        elif action[2] == "trunc":
+            b = target.read_bytes()
+            target.write_bytes(b[: len(b) // 2])
+        elif action[2] == "latin1":
+            with open(target, "ab") as f:
+                f.write(b'{"step": 2, "note": "caf\xe9"}\n')
+        elif action[2] == "notjson":
+            target.write_text("not json {")
+    elif what == "add_image":
+        src = sorted((data / "images").iterdir())[0]
+        shutil.copy(src, data / "images" / ("zz_new" + src.suffix))
+        if action[1] == "labels" and (data / "labels.csv").exists():
+            with open(data / "labels.csv", "a") as f:
+                f.write(f"zz_new{src.suffix},0\n")
+
+
+def latest_checkpoint(workdir: Path) -> Path | None:
+    steps = sorted(
+        (int(p.name), p) for p in (workdir / "checkpoints").glob("*") if p.is_dir() and p.name.isdigit()
+    ) if (workdir / "checkpoints").is_dir() else []  # fmt: skip
+    return steps[-1][1] if steps else None
+
+
+def _parse_inspect(out: str) -> dict:
+    got: dict = {}
+    if m := re.search(r"^images: (\d+) \((\d+) readable\)", out, re.M):
+        got["images"], got["readable"] = int(m.group(1)), int(m.group(2))
+    if m := re.search(r"^labels: (\d+) labeled, (\d+) unlabeled; classes: (.*)$", out, re.M):
+        got["labeled"] = int(m.group(1))
+        classes = {}
+        if m.group(3) != "none":
+            for part in re.split(r", (?=[^,]*: \d+$|[^,]*: \d+, )", m.group(3)):
+                name, _, count = part.rpartition(": ")
+                classes[name] = int(count)
+        got["classes"] = classes
+    if m := re.search(r"^masks: (\d+) of (\d+) images", out, re.M):
+        got["masks"] = int(m.group(1))
+    return got
+
+
+def _check_counts(step: Step, out: str) -> list[str]:
+    want = step.counts or {}
+    if step.module == "s4mi_jax.inspect_data":
+        got = _parse_inspect(out)
+        return [
+            f"misread: inspect_data reported {k}={got.get(k)!r}, the data hold {v!r}"
+            for k, v in want.items()
+            if got.get(k) != v
+        ]
+    if step.module == "s4mi_jax.main" and "labeled" in want:
+        m = re.search(r": (\d+) labeled training images \(100% .*?, val (\d+), test (\d+)", out)
+        if m is None:
+            return []  # Pretraining or a fraction < 1: not counted.
+        got = sum(map(int, m.groups()))
+        if got != want["labeled"]:
+            return [
+                f"misread: train+val+test = {got} labeled images, the data hold {want['labeled']}"
+            ]
+    if step.module == "s4mi_jax.predict" and "predicted" in want:
+        m = re.search(r"predict: (\d+) image\(s\) predicted", out)
+        if m and int(m.group(1)) != want["predicted"]:
+            return [f"misread: predicted {m.group(1)} images, {want['predicted']} are readable"]
+    return []
+
+
+def check_step(step: Step, code: int | None, out: str, err: str) -> list[str]:
+    """The contract for one command's result (see the module docstring)."""
+    problems = []
+    name = step.module.split(".")[-1]
+    if code is None:
+        return [f"hang: {name} did not finish within the hang guard"]
+    if "Traceback" in out or "Traceback" in err:
+        problems.append(f"traceback: {name} exit {code}: {tail(err or out, 3)}")
+    refused = code in REFUSAL[step.module]
+    if code != 0 and not refused:
+        problems.append(f"exit: {name} exited {code}: {tail(err, 2)}")
+    if refused:
+        last = tail(err, 1)
+        predict_skipped = step.module == "s4mi_jax.predict" and code == 1 and "skipped" in err
+        if not last.startswith(PREFIX[step.module]) and not predict_skipped:
+            problems.append(f"not_one_line: {name} exit {code}, last stderr line {last[:300]!r}")
+        elif step.names and not predict_skipped and not any(n in last for n in step.names):
+            problems.append(
+                f"unnamed: {name}'s line names none of {list(step.names)[:4]}: {last[:300]!r}"
+            )
+        if step.expect == "ok":
+            problems.append(
+                f"refused_good: {name} refused data/config the generator built as good: {last[:300]!r}"
+            )
+    if code == 0:
+        if step.expect == "error":
+            problems.append(f"accepted_bad: {name} exited 0 on input the generator built as bad")
+        if step.counts:
+            problems += _check_counts(step, out)
+    return problems
+
+
+def run_case(case: Case, base: BaseRuns | None = None, timeout: float = HANG_GUARD_S) -> CaseResult:
+    """Runs `case`'s commands in order and checks the contract after each."""
+    root = Path(case.root)
+    problems: list[str] = []
+    if case.needs_run:
+        assert base is not None, "this case needs a BaseRuns folder"
+        try:
+            base.copy_into(case.needs_run, root)
+            data_dirs = [*case.data_dirs, str(base.get(case.needs_run)[0])]
+        except RuntimeError as e:
+            return CaseResult(case, [], [f"base_run: {e}"])
+        for action in case.prepare:
+            apply_prepare(action, root)
+    else:
+        data_dirs = case.data_dirs
+    env = command_env()
+    results = []
+    for step in case.steps:
+        before = {d: tree_digest(d) for d in data_dirs}
+        ckpt = None
+        if step.workdir and (latest := latest_checkpoint(Path(step.workdir))) is not None:
+            ckpt = {p: tree_digest(p) for p in (latest, Path(step.workdir) / "best")}
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                step.argv(), cwd=ROOT, env=env, capture_output=True, timeout=timeout
+            )
+            code = proc.returncode
+            out = proc.stdout.decode("utf-8", "backslashreplace")
+            err = proc.stderr.decode("utf-8", "backslashreplace")
+        except subprocess.TimeoutExpired as e:
+            code, out, err = (
+                None,
+                (e.stdout or b"").decode(errors="replace"),
+                (e.stderr or b"").decode(errors="replace"),
+            )
+        seconds = time.monotonic() - start
+        found = check_step(step, code, out, err)
+        for d, digest in before.items():
+            if (after := tree_digest(d)) != digest:
+                found.append(
+                    f"data_changed: {step.module.split('.')[-1]} changed {d}: {digest_diff(digest, after)}"
+                )
+        if ckpt and not (step.may_train and code == 0):
+            for p, digest in ckpt.items():
+                if (after := tree_digest(p)) != digest:
+                    found.append(f"checkpoint_changed: {p}: {digest_diff(digest, after) or 'gone'}")
+        results.append(StepResult(step.short(), code, seconds, out, err, found))
+        problems += found
+    if case.agree is not None and len(results) > max(case.agree):
+        a, b = (results[i] for i in case.agree)
+        if a.code is not None and b.code is not None and (a.code == 0) != (b.code == 0):
+            problems.append(
+                f"disagree: inspect_data exit {a.code}, main exit {b.code} on the same data "
+                f"({tail(a.stderr, 1)[:200]!r} / {tail(b.stderr, 1)[:200]!r})"
+            )
+    return CaseResult(case, results, problems)
+
+
+def problem_kind(problem: str) -> str:
+    return problem.split(":", 1)[0]
+
+
+CONTRACT_KINDS = {
+    "traceback",
+    "exit",
+    "not_one_line",
+    "unnamed",
+    "data_changed",
+    "checkpoint_changed",
+    "hang",
+    "misread",
+    "base_run",
+}
