@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--start_seed", type=int, default=1000)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of a range")
     parser.add_argument("--out", default="/tmp/contract_property")
     parser.add_argument(
         "--timeout", type=float, default=contract_cases.HANG_GUARD_S, help="per command"
@@ -62,7 +63,12 @@ def main(argv=None) -> int:
     records, by_signature = [], collections.defaultdict(list)
     families = collections.Counter()
     codes = collections.Counter()
-    for seed in range(args.start_seed, args.start_seed + args.cases):
+    seeds = (
+        [int(x) for x in args.seeds.split(",")]
+        if args.seeds
+        else range(args.start_seed, args.start_seed + args.cases)
+    )
+    for seed in seeds:
         if args.max_minutes and time.monotonic() - start > 60 * args.max_minutes:
             print(
                 f"stopping after {len(records)} cases (--max_minutes={args.max_minutes})",
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
         "",
         f"`{summary['command']}`",
         "",
-        f"- {len(records)} cases (seeds {args.start_seed}..{args.start_seed + len(records) - 1}) in {elapsed / 60:.1f} min",
+        f"- {len(records)} cases (seeds {records[0]['seed'] if records else '-'}..{records[-1]['seed'] if records else '-'}) in {elapsed / 60:.1f} min",
         f"- families: {dict(families)}",
         f"- exit statuses: {summary['exit_codes']}",
         f"- cases with any problem: {len(found)}; violating the contract (traceback, exit status, "

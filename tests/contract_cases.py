@@ -59,6 +59,9 @@ TINY = [
     "--config.log_every=1",
 ]
 TINY_CLS = [*TINY, "--config.eval.bootstrap=10"]
+# SimCLR has no validation; its batch must fit a tiny folder's training split.
+TINY_SIMCLR = ["--config.total_steps=1", "--config.ckpt_every=1", "--config.log_every=1",
+               "--config.batch_size=4"]  # fmt: skip
 
 PREFIX = {
     "s4mi_jax.main": "s4mi_jax: error:",
@@ -478,7 +481,7 @@ def case_classification(seed: int, root: Path, rng) -> Case:
                 f"--config={config}",
                 f"--config.data.root={data.root}",
                 f"--workdir={workdir}",
-                *TINY_CLS,
+                *(TINY_CLS if config == SUP else TINY_SIMCLR),
                 *_config_label_flags(data.label_flags),
             ],
             expect=expect if config == SUP else "either",
@@ -750,20 +753,51 @@ CONFIG_VALUES: dict[str, tuple[list, list, list]] = {
 }
 
 
+_CONFIGS: dict = {}
+
+
+def has_key(config_arg: str, key: str) -> bool:
+    """Whether `--config=config_arg` has the dotted `key` (a missing one is a flag error)."""
+    if config_arg not in _CONFIGS:
+        import importlib
+
+        path, _, variant = config_arg.partition(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        _CONFIGS[config_arg] = module.get_config(variant or None)
+    node = _CONFIGS[config_arg]
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _fmt(v) -> str:
     return str(v)
 
 
+# Segmentation runs select on other metrics (trainers/segment.py SELECT_METRICS).
+SEG_SELECT = (["iou", "dice"], ["auroc", "accuracy", "bogus"], ["hd95", "loss"])
+
+
 def case_config(seed: int, root: Path, rng) -> Case:
-    """A good small folder and 1-3 random config values, in range or not."""
+    """A good small folder, a config (supervised, SimCLR or segmentation) and 1-3 random config
+    values, in range or not; sometimes an external test folder (`data.eval_root`)."""
     data_root = root / "data"
-    nimg = make_clean_cls_folder(data_root, np.random.default_rng(seed + 10**6))
+    config = str(rng.choice([SUP] * 7 + [SIMCLR] * 1 + [SEG] * 2))
+    if config == SEG:
+        make_base_data("segment", data_root)
+        nimg = None
+    else:
+        nimg = make_clean_cls_folder(data_root, np.random.default_rng(seed + 10**6))
     keys = list(CONFIG_VALUES)
     chosen = [str(k) for k in rng.choice(keys, size=int(rng.integers(1, 4)), replace=False)]
     all_good = rng.random() < 0.2
     overrides, bad, unsure = [], [], []
     for key in chosen:
-        good, out, either = CONFIG_VALUES[key]
+        good, out, either = (
+            SEG_SELECT if (key, config) == ("select_metric", SEG) else CONFIG_VALUES[key]
+        )
         pools = (
             [("good", good)]
             if all_good and good
@@ -777,6 +811,23 @@ def case_config(seed: int, root: Path, rng) -> Case:
             bad.append(key)
         elif kind == "either":
             unsure.append(key)
+    data_dirs = [str(data_root)]
+    if rng.random() < 0.15:  # An external test set: good, unlabeled, or missing.
+        ext = root / "ext"
+        which = str(rng.choice(["good", "unlabeled", "missing"]))
+        if which != "missing":
+            if config == SEG:
+                make_base_data("segment", ext)
+                if which == "unlabeled":
+                    shutil.rmtree(ext / "masks")
+            else:
+                make_clean_cls_folder(ext, rng)
+                if which == "unlabeled":
+                    (ext / "labels.csv").unlink()
+            data_dirs.append(str(ext))
+        overrides.append(("data.eval_root", str(ext)))
+        chosen.append("data.eval_root")
+        (bad if which != "good" else unsure).append("data.eval_root")
     # Known ill pairs: val + test >= 1; val = 0 = test.
     over = dict(overrides)
     val, test = over.get("data.val_fraction", 0.1), over.get("data.test_fraction", 0.2)
@@ -787,26 +838,25 @@ def case_config(seed: int, root: Path, rng) -> Case:
         and "data.val_fraction" not in bad
     ):
         bad.append("data.val_fraction")
-    if val == 0 and test == 0 and "eval_root" not in over:  # Nothing to select on or test on.
+    if val == 0 and test == 0 and "data.eval_root" not in over:  # Nothing to select on or test on.
         bad += ["data.val_fraction", "data.test_fraction"]
-    config = SUP if rng.random() < 0.85 else SIMCLR
+    for key in chosen:  # A key the config lacks is a flag error naming it.
+        if not has_key(config, key) and key not in bad:
+            bad.append(key)
+    tiny = {SUP: TINY_CLS, SIMCLR: TINY_SIMCLR, SEG: TINY}[config]
     args = [
         f"--config={config}",
         f"--config.data.root={data_root}",
         f"--workdir={root / 'run'}",
-        *[a for a in TINY_CLS if a.split("=")[0][2:].removeprefix("config.") not in over],
+        *[a for a in tiny if a.split("=")[0].removeprefix("--config.") not in over],
     ]
-    if config == SIMCLR:
-        args = [a for a in args if "eval.bootstrap" not in a]
     args += [f"--config.{k}={_fmt(v)}" for k, v in overrides]
-    if "total_steps" in over and over["total_steps"] not in (1, 2):
-        pass
-    expect = "error" if bad else "ok" if not unsure and config == SUP else "either"
+    expect = "error" if bad else "ok" if not unsure and config != SIMCLR else "either"
     names = tuple(k.split(".")[-1] for k in bad) if bad else tuple(k.split(".")[-1] for k in chosen)
-    step = Step("s4mi_jax.main", args, expect=expect, names=names + ("config",),
-                counts={"labeled": nimg} if expect == "ok" and "label_fraction" not in over else None)  # fmt: skip
+    counts = {"labeled": nimg} if expect == "ok" and nimg and "label_fraction" not in over else None
+    step = Step("s4mi_jax.main", args, expect=expect, names=names + ("config",), counts=counts)
     desc = f"config {config.split('/')[-1]}: {overrides} (out of range: {bad}, open: {unsure})"
-    return Case(seed, "config", desc, str(root), [str(data_root)], [step])
+    return Case(seed, "config", desc, str(root), data_dirs, [step])
 
 
 # ---- Workdirs ----------------------------------------------------------------------------------
@@ -832,6 +882,111 @@ def case_workdir(seed: int, root: Path, rng) -> Case:
         names=(str(workdir), "workdir"),
     )
     return Case(seed, "workdir", f"workdir {variant}", str(root), [str(data)], [step])
+
+
+# ---- Folder layouts -----------------------------------------------------------------------------
+
+LAYOUTS = [
+    "flat",  # Images directly in the folder (no images/): accepted.
+    "upper_ext",  # .PNG / .JPG extensions.
+    "hidden_files",  # .DS_Store, ._im00.png (AppleDouble), Thumbs.db beside the images.
+    "symlinked_image",
+    "list_csv",  # A CSV of paths relative to it.
+    "list_csv_missing",
+    "list_csv_no_path",
+    "list_csv_blank_path",
+    "empty_folder",
+    "only_txt",
+    "images_is_file",
+    "nested_images",  # images/images/*.png only.
+    "data_dir_is_image",
+    "missing_root",
+]
+
+
+def case_layout(seed: int, root: Path, rng) -> Case:
+    data = root / "data"
+    layout = str(rng.choice(LAYOUTS))
+    target = data  # What the commands are pointed at.
+    good, names, n = False, (str(data),), 12
+    if layout in ("flat", "upper_ext", "hidden_files", "symlinked_image"):
+        folder = data if layout == "flat" else data / "images"
+        folder.mkdir(parents=True)
+        rows = [["filename", "label"]]
+        for i in range(n):
+            p = write_image(folder / f"im{i:02d}.png", str(rng.choice(["L", "RGB"])), (8, 8), rng)
+            if layout == "upper_ext":
+                p = p.rename(p.with_suffix(p.suffix.upper()))
+            rows.append([p.name, str(i % 2)])
+        if layout == "hidden_files":
+            (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(32))
+            (folder / "._im00.png").write_bytes(b"\0\5\26\7" + bytes(60))  # AppleDouble: not a PNG.
+            (folder / "Thumbs.db").write_bytes(bytes(64))
+        if layout == "symlinked_image":
+            os.symlink(folder / rows[1][0], folder / "link.png")
+            rows.append(["link.png", "0"])
+            n += 1
+        (data / "labels.csv").write_bytes(encode_csv(rows, ",", "utf-8", False))
+        good = layout != "hidden_files"  # AppleDouble files look like images by name.
+    elif layout.startswith("list_csv"):
+        make_clean_cls_folder(data / "ds", rng)
+        files = sorted(p.name for p in (data / "ds" / "images").iterdir())
+        rows = [["path", "label", "patient_id"]] + [
+            [f"ds/images/{f}", str(i % 2), f"p{i}"] for i, f in enumerate(files)
+        ]
+        if layout == "list_csv_missing":
+            rows.append(["ds/images/nope.png", "0", "px"])
+            names = ("list.csv", "nope.png")
+        if layout == "list_csv_no_path":
+            rows[0][0] = "file"
+            names = ("list.csv",)
+        if layout == "list_csv_blank_path":
+            rows.append(["", "1", "py"])
+            names = ("list.csv",)
+        (data / "list.csv").write_bytes(encode_csv(rows, ",", "utf-8", False))
+        target, good, n = data / "list.csv", layout == "list_csv", len(files)
+    elif layout == "empty_folder":
+        data.mkdir(parents=True)
+    elif layout == "only_txt":
+        (data / "images").mkdir(parents=True)
+        (data / "images" / "notes.txt").write_text("x")
+    elif layout == "images_is_file":
+        data.mkdir(parents=True)
+        (data / "images").write_bytes(b"not a folder")
+    elif layout == "nested_images":
+        (data / "images" / "images").mkdir(parents=True)
+        for i in range(4):
+            write_image(data / "images" / "images" / f"im{i}.png", "L", (8, 8), rng)
+    elif layout == "data_dir_is_image":
+        data.mkdir(parents=True)
+        target = write_image(data / "x.png", "L", (8, 8), rng)
+        names = (str(target),)
+    elif layout == "missing_root":
+        data.mkdir(parents=True)
+        target = data / "nope"
+        names = (str(target),)
+    expect = "ok" if good else "either" if layout == "nested_images" else "error"
+    steps = [
+        Step("s4mi_jax.inspect_data", [f"--data_dir={target}"], expect=expect, names=names,
+             counts={"images": n, "labeled": n} if good else None)
+    ]  # fmt: skip
+    if not good or rng.random() < 0.25:
+        steps.append(
+            Step(
+                "s4mi_jax.main",
+                [
+                    f"--config={SUP}",
+                    f"--config.data.root={target}",
+                    f"--workdir={root / 'run'}",
+                    *TINY_CLS,
+                ],
+                expect=expect,
+                names=names + ("config.data.root",),
+                counts={"labeled": n} if good else None,
+            )
+        )
+    agree = (0, 1) if len(steps) == 2 else None
+    return Case(seed, "layout", f"layout {layout}", str(root), [str(data)], steps, agree=agree)
 
 
 # ---- Finished runs: predict, score, reruns ------------------------------------------------------
@@ -886,6 +1041,7 @@ def case_run(seed: int, root: Path, rng) -> Case:
                 "score_bad_results",
                 "rerun_same",
                 "rerun_changed_config",
+                "rerun_bad_value",
                 "rerun_more_steps",
                 "rerun_data_changed",
                 "rerun_metrics_non_utf8",
@@ -996,6 +1152,16 @@ def case_run(seed: int, root: Path, rng) -> Case:
             ][int(rng.integers(4))]
             args.append(f"--config.{key}={value}")
             expect, names = "error", (key,)
+        elif variant == "rerun_bad_value":
+            key, value = [
+                ("batch_size", 0),
+                ("seed", -1),
+                ("optim.base_lr", "nan"),
+                ("keep_ckpts", 0),
+                ("total_steps", -1),
+            ][int(rng.integers(5))]
+            args.append(f"--config.{key}={value}")
+            expect, names = "error", (key.split(".")[-1],)
         elif variant == "rerun_more_steps":
             args.append("--config.total_steps=3")
             may_train = True
@@ -1039,10 +1205,11 @@ def case_run(seed: int, root: Path, rng) -> Case:
 # ---- The generator ------------------------------------------------------------------------------
 
 FAMILIES = [
-    ("classification", case_classification, 0.32),
-    ("config", case_config, 0.26),
-    ("segmentation", case_segmentation, 0.14),
-    ("npz", case_npz, 0.12),
+    ("classification", case_classification, 0.28),
+    ("config", case_config, 0.24),
+    ("segmentation", case_segmentation, 0.12),
+    ("npz", case_npz, 0.10),
+    ("layout", case_layout, 0.10),
     ("workdir", case_workdir, 0.04),
     ("run", case_run, 0.12),
 ]
