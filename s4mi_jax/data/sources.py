@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from s4mi_jax.data import medical, validate
-from s4mi_jax.data.image_io import IMAGE_EXTENSIONS, read_image, read_mask
+from s4mi_jax.data.image_io import IMAGE_EXTENSIONS, displayed_size, read_image, read_mask
 from s4mi_jax.errors import ConfigError, DataError
 
 SAMPLE_ROOT = os.path.join(os.path.dirname(__file__), "sample", "chest_xray")
@@ -185,9 +184,9 @@ class FolderSource:
         """The mask of image `i` (class indices, (H, W)), or None if it has none."""
         if self.mask_files is None or self.mask_files[i] is None:
             return None
-        if image_shape is None:
-            with Image.open(self.files[i]) as img:
-                image_shape = (img.height, img.width)
+        if image_shape is None:  # As displayed (EXIF Orientation), like the image read_image gives.
+            w, h = displayed_size(self.files[i])
+            image_shape = (h, w)
         return read_mask(self.mask_files[i], image_shape, self.files[i])
 
     def spacing(self, i: int) -> tuple[float, float] | None:
