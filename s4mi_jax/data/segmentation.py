@@ -30,8 +30,16 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from s4mi_jax.core.loop import log
 from s4mi_jax.data import augment, manifests, validate
-from s4mi_jax.data.sources import IMAGE_EXTENSIONS, UNLABELED, FolderSource, read_image
+from s4mi_jax.data.sources import (
+    IMAGE_EXTENSIONS,
+    UNLABELED,
+    FolderSource,
+    overlap_warning,
+    read_image,
+    training_overlap,
+)
 from s4mi_jax.errors import ConfigError, DataError
 
 RESIZE_MODES = ("resize", "tile")
@@ -233,7 +241,38 @@ def test_split(
         return TestSplit(
             [data.keys[i] for i in idx], data.images[idx], data.masks[idx].astype(np.int32)
         )
-    return labeled_folder(eval_root, config, data.channels)
+    test = labeled_folder(eval_root, config, data.channels)
+    # A test on training images measures memorisation: said, never passed over.
+    eval_files = _image_files(Path(eval_root), test.keys)
+    found = training_overlap(eval_files, _image_files(data.root, data.keys))
+    if found:
+        log(overlap_warning(eval_root, data.root, [p.name for p in found], len(eval_files)))
+    return test
+
+
+def _image_files(root: Path, keys: list[str]) -> list[Path]:
+    """The image file of each distinct image among `keys` (a tile's key is `<file>#y_x`)."""
+    folder = root / "images" if (root / "images").is_dir() else root
+    return [folder / name for name in dict.fromkeys(k.split("#")[0] for k in keys)]
+
+
+def images_without_masks_warning(data: SegmentationData) -> str | None:
+    """The one line a supervised run prints when some images of `data.root` have no mask: it uses
+    only those with one, while semi-supervised methods train on the others as unlabeled images. None
+    when every image has a mask."""
+    has_mask: dict[str, bool] = {}
+    for key, m in zip(data.keys, data.has_mask, strict=True):
+        name = key.split("#")[0]
+        has_mask[name] = has_mask.get(name, False) or bool(m)
+    n, with_mask = len(has_mask), sum(has_mask.values())
+    if with_mask == n:
+        return None
+    folder = data.root / "images" if (data.root / "images").is_dir() else data.root
+    return (
+        f"warning: {n - with_mask} of {n} images in {folder} have no mask in {data.root / 'masks'}; "
+        f"a supervised run uses only the {with_mask} with masks (semi-supervised methods, "
+        "fixmatch_seg and cross_teaching, train on the others as unlabeled images)."
+    )
 
 
 def labeled_folder(

@@ -7,6 +7,7 @@ missing folder, an empty folder or a corrupt file stops the run before anything 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -425,3 +426,91 @@ def open_test_folder(root: str, data, channels: int, class_names: Sequence[str])
         class_names=validate.class_names_of(data) or list(class_names) or None,
         accept_label_warnings=bool(data.get("accept_label_warnings", False)),
     )
+
+
+# ---- An external test folder that holds training images --------------------------------------
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def training_overlap(eval_files: Sequence[Path], train_files: Sequence[Path]) -> list[Path]:
+    """The files of `eval_files` that are also training files: the same file (real path, so a
+    symlink or the same folder under another name counts) or the same bytes (sha256).
+
+    Cheap: only files whose size equals a training file's size are hashed, each once."""
+    real = {os.path.realpath(p) for p in train_files}
+    by_size: dict[int, list[Path]] = {}
+    for p in train_files:
+        try:
+            by_size.setdefault(os.path.getsize(p), []).append(p)
+        except OSError:
+            continue
+    digests: dict[
+        int, set[str]
+    ] = {}  # Training files' hashes, per size, computed when first needed.
+    found = []
+    for p in eval_files:
+        if os.path.realpath(p) in real:
+            found.append(p)
+            continue
+        try:
+            size = os.path.getsize(p)
+            if size not in by_size:
+                continue
+            if size not in digests:
+                digests[size] = {_sha256(q) for q in by_size[size]}
+            if _sha256(p) in digests[size]:
+                found.append(p)
+        except OSError:
+            continue
+    return found
+
+
+def overlap_warning(
+    eval_root: str | Path, train_root: str | Path, found: Sequence[str], total: int
+) -> str:
+    """The one line a run prints when `found` of the `total` test images (`config.data.eval_root`)
+    are training images: a test on them measures memorisation, not generalisation."""
+    return (
+        f"warning: config.data.eval_root={eval_root}: {len(found)} of {total} images are also "
+        f"training images in config.data.root={train_root} (same path or same bytes), e.g. "
+        f"{found[0]}; the test then measures memorisation. Point eval_root at held-out images."
+    )
+
+
+def record_files(source) -> list[Path] | None:
+    """The image file of each record of `source` (a folder, a CSV of paths, or a subset of one);
+    None for sources whose records are not files (`.npz`, TFDS, NIfTI slices)."""
+    if isinstance(source, SubsetSource):
+        files = record_files(source.source)
+        return None if files is None else [files[int(i)] for i in source.indices]
+    if isinstance(source, FolderSource):  # CsvSource too.
+        return list(source.files)
+    return None
+
+
+def eval_overlap_warning(
+    eval_source, train_source, eval_root: str | Path | None = None
+) -> str | None:
+    """`overlap_warning` for a classification test source (`config.data.eval_root`) and the training
+    source, or None when no test image is a training image. Sources without files (`.npz`, TFDS)
+    are compared by their real path only."""
+    eval_root = eval_root if eval_root is not None else eval_source.root
+    eval_files, train_files = record_files(eval_source), record_files(train_source)
+    if eval_files is not None and train_files is not None:
+        found = [p.name for p in training_overlap(eval_files, train_files)]
+    elif os.path.realpath(str(eval_source.root)) == os.path.realpath(str(train_source.root)):
+        base = eval_source.source if isinstance(eval_source, SubsetSource) else eval_source
+        keys = source_keys(base)
+        found = [keys[int(i)] for i in getattr(eval_source, "indices", range(len(keys)))]
+    else:
+        found = []
+    if not found:
+        return None
+    return overlap_warning(eval_root, train_source.root, found, len(eval_source))

@@ -27,7 +27,7 @@ from s4mi_jax.core import optim, run, train_state
 from s4mi_jax.core.loop import log
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import augment, classification, device_augment, pipeline
-from s4mi_jax.data.sources import source_keys
+from s4mi_jax.data.sources import eval_overlap_warning, source_keys
 from s4mi_jax.errors import ConfigError
 from s4mi_jax.evaluators import features, metrics, predictions
 from s4mi_jax.losses import classification as losses
@@ -94,6 +94,10 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
 def load_data(config: ml_collections.ConfigDict) -> run.RunData:
     _check_method(config)
     s = classification.load_splits(config)
+    if config.data.eval_root:  # A test on training images measures memorisation: say so.
+        note = eval_overlap_warning(s.test, s.source, config.data.eval_root)
+        if note:
+            log(note)
     multilabel = s.source.labels.ndim == 2
     classification.check_expected(config, s.source, len(s.source.class_names), multilabel)
     return run.RunData(

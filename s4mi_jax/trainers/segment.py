@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from s4mi_jax.core import optim, run, sharding, train_state
+from s4mi_jax.core.loop import log
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import pipeline
 from s4mi_jax.data import segmentation as segdata
@@ -168,6 +169,10 @@ def task(
             f"none in {c.data.root} (every training image is labeled). Lower the fraction, add "
             "images without masks, or use configs/supervised_seg_*.py."
         )
+    if c is not None and not unlabeled:  # Mask-less images are unused here: say so.
+        note = segdata.images_without_masks_warning(c.data)
+        if note:
+            log(note)
     summary = name
     if c is not None:
         n_unl = len(c.manifest.unlabeled) if unlabeled else 0
