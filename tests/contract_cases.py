@@ -513,6 +513,11 @@ MASK_SCHEMES = [
     "mask_jpg",
     "no_masks",
     "unreadable_mask",
+    "palette",  # P-mode masks (VOC style): the palette indices are the classes.
+    "16bit",  # I;16 masks, 0/1 or 0/65535.
+    "bitmask",  # Mode "1".
+    "rgba",
+    "exif_image",  # JPEG images with EXIF orientation 6; masks drawn as displayed.
 ]
 
 
@@ -542,9 +547,27 @@ def case_segmentation(seed: int, root: Path, rng) -> Case:
             mask = mask + ((xx > cx) & disc).astype(np.uint8)
         elif scheme == "empty":
             mask = np.zeros_like(mask)
-        elif scheme != "0/1":
+        elif scheme not in ("0/1", "palette", "16bit", "bitmask"):
             mask = mask * 255
         im = Image.fromarray(mask)
+        if scheme == "palette":
+            im = Image.fromarray(mask, "L").convert("P")
+            im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+        elif scheme == "16bit":
+            im = Image.fromarray((disc * (65535 if i % 2 else 1)).astype(np.uint16))
+        elif scheme == "bitmask":
+            im = Image.fromarray(disc)
+        elif scheme == "rgba":
+            im = im.convert("RGBA")
+        elif scheme == "exif_image":
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            pic = Image.open(data / "images" / f"im{i:02d}.png")
+            pic.load()
+            (data / "images" / f"im{i:02d}.png").unlink()
+            pic.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(
+                data / "images" / f"im{i:02d}.jpg", exif=exif
+            )
         if scheme == "interpolated" and i == 0:
             im = im.resize((size // 2, size // 2), Image.BILINEAR).resize(
                 (size, size), Image.BILINEAR
@@ -570,7 +593,7 @@ def case_segmentation(seed: int, root: Path, rng) -> Case:
         "unreadable_mask",
         "mask_jpg",
     }
-    unsure = {"rgb", "empty"}
+    unsure = {"rgb", "empty", "palette", "16bit", "bitmask", "rgba", "exif_image"}
     expect = "error" if scheme in refused else "either" if scheme in unsure else "ok"
     names = (str(data), "masks", "ghost.png", "im00")
     extra = ["--config.data.num_classes=3"] if scheme == "ids3+num_classes" else []
@@ -1076,11 +1099,26 @@ def case_run(seed: int, root: Path, rng) -> Case:
             )
         if rng.random() < 0.3:
             args.append(f"--batch_size={rng.choice([1, 3, 0, -4])}")
+        placement = "out"
+        if rng.random() < 0.3:  # Never into an input folder; a file is no folder.
+            placement = str(
+                rng.choice(["in_input", "is_input", "in_run_data", "a_file", "workdir"])
+            )
+            out = {
+                "in_input": inp / "preds",
+                "is_input": inp,
+                "in_run_data": run_data / "preds",
+                "a_file": root / "afile",
+                "workdir": run,
+            }[placement]
+            if placement == "a_file":
+                out.write_text("x")
+            args[2] = f"--output={out}"
         if variant == "predict_damaged_best":
             prepare.append(("damage", "best", int(rng.integers(1000))))
         if variant == "predict_damaged_latest":
             prepare.append(("damage", "checkpoints/2", int(rng.integers(1000))))
-            args.append("--checkpoint=latest")
+            args = [a for a in args if not a.startswith("--checkpoint=")] + ["--checkpoint=latest"]
         if variant == "predict_bad_config_json":
             prepare.append(("bytes", "config.json", "trunc"))
         if variant == "predict_metrics_non_utf8":
@@ -1093,13 +1131,15 @@ def case_run(seed: int, root: Path, rng) -> Case:
                 for a in args
             )
             and not any(a in ("--batch_size=0", "--batch_size=-4") for a in args)
+            and placement == "out"
         )
+        refused = placement in ("in_input", "is_input", "a_file")
         steps.append(
             Step(
                 "s4mi_jax.predict",
                 args,
-                expect=("ok" if good else "error") if plain else "either",
-                names=(str(run), str(inp), "checkpoint", "batch_size", "config.json"),
+                expect="error" if refused else ("ok" if good else "error") if plain else "either",
+                names=(str(run), str(inp), "checkpoint", "batch_size", "config.json", "output"),
                 counts={"predicted": good} if plain else None,
                 workdir=str(run),
             )
@@ -1125,9 +1165,27 @@ def case_run(seed: int, root: Path, rng) -> Case:
             args.append(f"--checkpoint={rng.choice(['best', 'latest', '1', '9', 'x'])}")
         elif sub == "predictions_missing":
             args.append(f"--predictions={root / 'nope'}")
-        if rng.random() < 0.5:
-            args.append(f"--output={root / 'scores.json'}")
-        expect = "ok" if sub == "own" and variant == "score" else "either"
+        placement = "none"
+        if rng.random() < 0.6:
+            placement = str(
+                rng.choice(["plain", "plain", "in_data_root", "in_run_data", "a_folder"])
+            )
+            if placement == "in_data_root" and "--data_root=" not in " ".join(args):
+                placement = "in_run_data"
+            out = {
+                "plain": root / "scores.json",
+                "in_data_root": root / "ext" / "scores.json",
+                "in_run_data": run_data / "scores.json",
+                "a_folder": root,
+            }[placement]
+            args.append(f"--output={out}")
+        expect = (
+            "ok"
+            if sub == "own" and variant == "score" and placement in ("none", "plain")
+            else "either"
+        )
+        if placement in ("in_data_root", "in_run_data"):
+            expect = "error"  # Never written into a data folder.
         steps.append(
             Step(
                 "s4mi_jax.score",
@@ -1404,6 +1462,16 @@ def check_step(step: Step, code: int | None, out: str, err: str) -> list[str]:
         predict_skipped = step.module == "s4mi_jax.predict" and code == 1 and "skipped" in err
         if not last.startswith(PREFIX[step.module]) and not predict_skipped:
             problems.append(f"not_one_line: {name} exit {code}, last stderr line {last[:300]!r}")
+        elif not predict_skipped and (
+            extra := [
+                line
+                for line in err.splitlines()[:-1]
+                if line.strip() and not line.startswith("WARNING:") and line.strip() != last
+            ]
+        ):
+            problems.append(
+                f"not_one_line: {name} exit {code}: {len(extra)} more stderr line(s) before its error: {extra[:3]!r}"
+            )
         elif step.names and not predict_skipped and not any(n in last for n in step.names):
             problems.append(
                 f"unnamed: {name}'s line names none of {list(step.names)[:4]}: {last[:300]!r}"
