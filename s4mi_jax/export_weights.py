@@ -16,7 +16,8 @@ import sys
 
 from s4mi_jax import interrupt
 
-interrupt.quiet_until_started("export_weights")  # Ctrl-C while JAX imports: one line.
+if __name__ == "__main__":  # Ctrl-C while JAX imports: one line.
+    interrupt.quiet_until_started("export_weights")
 
 from absl import app, flags  # noqa: E402
 

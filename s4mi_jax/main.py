@@ -15,7 +15,8 @@ import sys
 
 from s4mi_jax import interrupt
 
-interrupt.quiet_until_started("s4mi_jax")  # Ctrl-C while JAX imports: one line, not a traceback.
+if __name__ == "__main__":  # Ctrl-C while JAX imports: one line, not a traceback.
+    interrupt.quiet_until_started("s4mi_jax")
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402

@@ -38,25 +38,31 @@ a writer for them (`writer(output_dir)` with `add(files, images, outputs)` per c
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
-import os
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from s4mi_jax import interrupt
 
-import ml_collections
-import numpy as np
-from absl import app, flags, logging
+if __name__ == "__main__":  # Ctrl-C while JAX imports: one line.
+    interrupt.quiet_until_started("predict")
 
-from s4mi_jax.core import compile_cache, sharding
-from s4mi_jax.core.checkpoint import Checkpointer
-from s4mi_jax.core.metric_writer import read_config_json
-from s4mi_jax.data.sources import READABLE_EXTENSIONS, read_image
-from s4mi_jax.errors import ConfigError, S4MIError
-from s4mi_jax.evaluators import features, predictions
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Protocol  # noqa: E402
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from s4mi_jax import outputs  # noqa: E402
+from s4mi_jax.core import compile_cache, sharding  # noqa: E402
+from s4mi_jax.core.checkpoint import Checkpointer  # noqa: E402
+from s4mi_jax.core.metric_writer import read_config_json  # noqa: E402
+from s4mi_jax.data.sources import READABLE_EXTENSIONS, read_image  # noqa: E402
+from s4mi_jax.errors import ConfigError, S4MIError  # noqa: E402
+from s4mi_jax.evaluators import features, predictions  # noqa: E402
 
 # Images decoded and held at once: outputs are written chunk by chunk, memory stays bounded.
 CHUNK_BATCHES = 4
@@ -98,11 +104,7 @@ def resolve_checkpoint(workdir: str, checkpoint: str, best: str = "best") -> tup
     selected weights (cross teaching keeps one per network: `best`, `best_transformer`)."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
     best_dir = os.path.join(workdir, best)
-
-    def steps(folder: str) -> list[int]:
-        if not os.path.isdir(folder):
-            return []
-        return sorted(int(p) for p in os.listdir(folder) if p.isdigit())
+    steps = _steps
 
     if checkpoint == "best":
         if steps(best_dir):
@@ -123,17 +125,68 @@ def resolve_checkpoint(workdir: str, checkpoint: str, best: str = "best") -> tup
     )
 
 
+class DamagedCheckpoint(ConfigError):
+    """A checkpoint whose files do not restore (truncated, emptied, half-copied)."""
+
+
+def checkpoint_candidates(
+    workdir: str, checkpoint: str, best: str = "best"
+) -> list[tuple[str, int]]:
+    """`resolve_checkpoint`'s choice first, then what stands in for it if it is damaged: for `best`
+    and `latest`, the run's checkpoints newest first (as a run resumes from its newest intact one); a
+    step asked for by number has no stand-in."""
+    first = resolve_checkpoint(workdir, checkpoint, best)
+    if checkpoint.isdigit():
+        return [first]
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    others = [(ckpt_dir, s) for s in reversed(_steps(ckpt_dir)) if (ckpt_dir, s) != first]
+    return [first, *others]
+
+
+def _steps(folder: str) -> list[int]:
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(p) for p in os.listdir(folder) if p.isdigit())
+
+
+def first_intact(
+    workdir: str, checkpoint: str, best: str, attempt: Callable[[str, int], Any]
+) -> Any:
+    """`attempt(folder, step)` on the first candidate checkpoint that restores. A damaged one is named
+    in a warning on stderr and the next is tried (nothing is moved: predict and score only read the
+    run); if none restores, one line naming each."""
+    failed = []
+    for folder, step in checkpoint_candidates(workdir, checkpoint, best):
+        try:
+            result = attempt(folder, step)
+        except DamagedCheckpoint as e:
+            failed.append(f"{folder}/{step} ({e})")
+            continue
+        for bad in failed:
+            print(
+                f"warning: checkpoint {bad} is damaged; using {folder}/{step} instead.",
+                file=sys.stderr,
+                flush=True,
+            )
+        return result
+    raise ConfigError(
+        f"--workdir={workdir}: no checkpoint restores: {'; '.join(failed)}. Rerun the training "
+        "command (it resumes from its newest intact checkpoint) or restore the run from a backup."
+    )
+
+
 def _meta(folder: str, step: int) -> dict:
     path = os.path.join(folder, str(step), "meta", "metadata")
     if not os.path.isfile(path):
         return {}
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
     except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot read checkpoint metadata {path}: {e}; the checkpoint is damaged."
-        ) from None
+        raise DamagedCheckpoint(f"cannot read its metadata {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise DamagedCheckpoint(f"its metadata {path} is not a JSON object")
+    return meta
 
 
 class _Images:
@@ -245,16 +298,34 @@ def restore_checkpoint(
     task = trainer.task(config, facts, mesh)
     built = run.build(config, mesh, task, facts)
     ckpt = Checkpointer(folder)
-    state = ckpt.restore(built.abstract_state, None, step)
-    ckpt.close()
+    try:
+        state = ckpt.restore(built.abstract_state, None, step)
+    except S4MIError:
+        raise
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedCheckpoint(f"{type(e).__name__}: {first}") from None
+    finally:
+        ckpt.close()
     return task, built, state
 
 
 def restore_classifier(
     config: ml_collections.ConfigDict, workdir: str, checkpoint: str, batch_size: int | None
 ) -> ClassifierModel:
-    """A `classify` run's model at `checkpoint` (`best` by default: the one the run tested)."""
-    folder, step = resolve_checkpoint(workdir, checkpoint)
+    """A `classify` run's model at `checkpoint` (`best` by default: the one the run tested; a damaged
+    one is replaced by the newest intact checkpoint, with a warning)."""
+    return first_intact(
+        workdir,
+        checkpoint,
+        "best",
+        lambda folder, step: _restore_classifier_at(config, folder, step, batch_size),
+    )
+
+
+def _restore_classifier_at(
+    config: ml_collections.ConfigDict, folder: str, step: int, batch_size: int | None
+) -> ClassifierModel:
     meta = _meta(folder, step)
     if "class_names" not in meta:
         raise ConfigError(
@@ -311,6 +382,19 @@ def load_classifier(
     )
 
 
+def _save_png_atomically(image, path: str) -> None:
+    """A PNG written whole or not at all (temporary file, then rename): a Ctrl-C or a full disk never
+    leaves a truncated mask that would later read as a prediction."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class _MaskPngs:
     """Writes `masks/<stem>.png` (0/255 for two classes, else class ids), `overlays/<stem>.png`
     (image | prediction) and, at the end, `masks.csv` (`file`, `mask`, `overlay`, `height`, `width`,
@@ -344,8 +428,8 @@ class _MaskPngs:
             mask = class_map * 255 if self.num_classes == 2 else class_map
             mask_path = os.path.join(self.output_dir, "masks", name)
             overlay_path = os.path.join(self.output_dir, "overlays", name)
-            Image.fromarray(mask.astype(np.uint8)).save(mask_path)
-            Image.fromarray(overlay_strip(image, class_map)).save(overlay_path)
+            _save_png_atomically(Image.fromarray(mask.astype(np.uint8)), mask_path)
+            _save_png_atomically(Image.fromarray(overlay_strip(image, class_map)), overlay_path)
             h, w = class_map.shape
             rows.append((path, mask_path, overlay_path, h, w, float((class_map > 0).mean())))
         self.out.write(rows)
@@ -411,7 +495,6 @@ def restore_segmenter(
     """A `segment` / `fixmatch_seg` / `cross_teaching` run's network at `checkpoint`, from its own
     best checkpoint: `network` as `--network` names it (cnn | transformer), or the predictor `key`;
     default the method's first (its `test`)."""
-    from s4mi_jax.evaluators import pixel_predict
 
     networks = SEG_NETWORKS.get(config.trainer, {})
     if network is not None and network not in networks:
@@ -421,7 +504,19 @@ def restore_segmenter(
         )
     if key is None:
         key = networks[network] if network is not None else segmentation_networks(config)[0]
-    folder, step = resolve_checkpoint(workdir, checkpoint, "best" + (f"_{key}" if key else ""))
+    return first_intact(
+        workdir,
+        checkpoint,
+        "best" + (f"_{key}" if key else ""),
+        lambda folder, step: _restore_segmenter_at(config, folder, step, batch_size, key),
+    )
+
+
+def _restore_segmenter_at(
+    config: ml_collections.ConfigDict, folder: str, step: int, batch_size: int | None, key: str
+) -> SegmenterModel:
+    from s4mi_jax.evaluators import pixel_predict
+
     meta = _meta(folder, step)
     channels = meta.get("in_channels", config.data.get("channels"))
     if channels is None:
@@ -556,6 +651,17 @@ def run(
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch_size={batch_size} must be > 0 (or left out: the run's).")
     files, skipped = list_inputs(inputs)
+    # Never into the inputs (a segmentation folder's hand-drawn masks/), the run's data or the run.
+    roots = {}
+    for item in inputs:
+        folder = os.path.abspath(item if os.path.isdir(item) else os.path.dirname(item) or ".")
+        if os.path.basename(folder) == "images":  # The training layout: D/images beside D/masks.
+            folder = os.path.dirname(folder)
+        roots[f"--input={item}"] = folder
+    roots.update(outputs.config_data_roots(config))
+    roots["--workdir"] = workdir
+    outputs.check_output(output_dir, "--output", roots, input_files=files)
+    _check_not_over_foreign_masks(output_dir)
     if not files:
         log(f"predict: no image files ({', '.join(READABLE_EXTENSIONS)}) in {', '.join(inputs)}")
     predictor = TASKS[trainer](config, workdir, checkpoint, batch_size, network)
@@ -582,14 +688,42 @@ def run(
             if images:
                 writer.add(names, images, predictor.predict(images))
                 report.predicted += names
+    except OSError as e:  # A full disk, a folder made read-only: what was written is kept.
+        raise ConfigError(
+            f"--output={output_dir}: cannot write: {e.strerror or e} ({len(report.predicted)} "
+            "image(s) predicted before it are written). Free space and rerun to predict all."
+        ) from None
     finally:
-        report.written = writer.close()
-        if report.skipped:
-            path = os.path.join(output_dir, "skipped.csv")
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows([("file", "error"), *report.skipped])
-            report.written.append(path)
+        try:
+            report.written = writer.close()
+            if report.skipped:
+                path = os.path.join(output_dir, "skipped.csv")
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerows([("file", "error"), *report.skipped])
+                report.written.append(path)
+        except OSError:
+            pass  # Already failing (the error above says so); never hide it behind a second one.
     return report
+
+
+def _check_not_over_foreign_masks(output_dir: str) -> None:
+    """`--output` may hold an earlier predict's masks (rerunning replaces them), never masks predict
+    did not write: those are somebody's data (a dataset's ground truth)."""
+    masks = os.path.join(output_dir, "masks")
+    if not os.path.isdir(masks):
+        return
+    ours: set[str] = set()
+    record = os.path.join(output_dir, "masks.csv")
+    if os.path.isfile(record):
+        with open(record, newline="", encoding="utf-8", errors="replace") as f:
+            ours = {os.path.basename(row.get("mask") or "") for row in csv.DictReader(f)}
+    foreign = sorted(p for p in os.listdir(masks) if p not in ours and not p.startswith("."))
+    if foreign:
+        raise ConfigError(
+            f"--output={output_dir}: {masks} holds {len(foreign)} file(s) predict did not write "
+            f"(e.g. {foreign[0]}; a dataset's masks?). Predict never writes over them: choose a "
+            "new or empty --output folder."
+        )
 
 
 def exit_status(report: Report) -> int:
@@ -631,6 +765,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the report.
         logging.set_verbosity(logging.ERROR)
     compile_cache.enable_from_flag()
+    interrupt.started()
     try:
         report = run(
             f.workdir,
@@ -644,6 +779,12 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     except S4MIError as e:
         print(f"predict: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Every finished chunk is written (flushed); no file is half-written.
+        print(
+            f"predict: interrupted; the predictions finished so far are kept in {f.output}.",
+            file=sys.stderr,
+        )
+        sys.exit(interrupt.EXIT_INTERRUPTED)
     print(
         f"predict: {len(report.predicted)} image(s) predicted, {len(report.skipped)} skipped; "
         f"wrote {', '.join(report.written) or 'nothing'}",

@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from s4mi_jax import predict
+from s4mi_jax import interrupt, outputs, predict
 from s4mi_jax.core import compile_cache
 from s4mi_jax.core.metric_writer import write_json
 from s4mi_jax.errors import ConfigError, DataError, S4MIError
@@ -218,8 +218,8 @@ def _segmentation_test(config, channels: int, data_root, results: dict, workdir:
 
 def _read_masks(folder: str, keys: list[str], root, config, num_classes: int) -> np.ndarray:
     """`predict`'s masks for the test keys, brought to the model size as the labels were."""
-    from PIL import Image
 
+    from s4mi_jax.data import image_io
     from s4mi_jax.data import segmentation as segdata
     from s4mi_jax.data.sources import read_mask
 
@@ -241,8 +241,7 @@ def _read_masks(folder: str, keys: list[str], root, config, num_classes: int) ->
     for name, mask_path in zip(names, _matched(names, by_name, folder), strict=True):
         here = os.path.join(folder, "masks", os.path.basename(mask_path))
         mask_path = here if os.path.exists(here) else mask_path  # The folder may have moved.
-        with Image.open(images / name) as im:
-            w, h = im.size
+        w, h = image_io.displayed_size(images / name)  # As predict read it (EXIF applied).
         mask = read_mask(mask_path, (h, w), images / name)
         if mask.max(initial=0) >= num_classes:
             raise DataError(
@@ -402,6 +401,12 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
         if not flags.FLAGS["verbosity"].present:  # Orbax's INFO/WARNING lines drown the table.
             logging.set_verbosity(logging.ERROR)
         compile_cache.enable_from_flag()
+        if f.output:  # Checked before the (minutes of) scoring: never into data.
+            roots = outputs.config_data_roots(predict.load_run_config(f.workdir))
+            if f.data_root:
+                roots["--data_root"] = f.data_root
+            outputs.check_output(f.output, "--output", roots)
+        interrupt.started()
         scored = score(
             f.workdir,
             data_root=f.data_root,
@@ -421,6 +426,9 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
         message = str(e).split("\n--------------------")[0]
         print(f"score: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # --output is written atomically, at the end: nothing half-written.
+        print("score: interrupted; nothing was written.", file=sys.stderr)
+        sys.exit(interrupt.EXIT_INTERRUPTED)
     print(table(scored), flush=True)
     if f.output:
         print(f"score: wrote {f.output}", flush=True)

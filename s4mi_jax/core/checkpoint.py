@@ -71,7 +71,31 @@ def _quiet_disk_full_logs() -> None:
     logging.getLogger("absl").addFilter(_DropDiskFullLogs())
 
 
-def _short(error: BaseException) -> str:
+@functools.cache
+def _quiet_failed_restore_noise() -> None:
+    """A restore that fails on damaged files leaves TensorStore reads in flight; when they finish after
+    Orbax closed its event loop, Python prints an "Event loop is closed" traceback per read and asyncio
+    logs "Future exception was never retrieved". The caller's one line already names the damaged
+    checkpoint (and what stands in for it): those are dropped, nothing else."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+    class _DropUnretrieved(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "exception was never retrieved" not in record.getMessage()
+
+    for name in ("asyncio", "absl"):
+        logging.getLogger(name).addFilter(_DropUnretrieved())
+
+
+def short_error(error: BaseException) -> str:
     """One line of an Orbax/TensorStore error: its first line, without Python's `raise` chain."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"{type(error).__name__}: {text[:300]}"
@@ -83,6 +107,7 @@ class Checkpointer:
         self._pending_step: int | None = None
         _no_replica_parallel_on_cpu()
         _quiet_disk_full_logs()
+        _quiet_failed_restore_noise()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -140,7 +165,7 @@ class Checkpointer:
         self._pending_step = step
 
     def _save_error(self, step: int | None, error: Exception) -> S4MIError:
-        reason = "[Errno 28] No space left on device" if is_disk_full(error) else _short(error)
+        reason = "[Errno 28] No space left on device" if is_disk_full(error) else short_error(error)
         step = self._pending_step if step is None else step
         return S4MIError(
             f"could not save checkpoint {step or ''} in {self.directory}: {reason}. The previous "
@@ -172,10 +197,10 @@ class Checkpointer:
             try:
                 state = self._restore(abstract_state, data_iter, step)
             except Exception as e:  # Orbax/TensorStore raise many types for a damaged checkpoint.
-                failed.append((step, _short(e)))
+                failed.append((step, short_error(e)))
                 continue
             for bad, reason in failed:
-                moved = self._move_aside(bad)
+                moved = self.move_aside(bad)
                 _warn(
                     f"WARNING: checkpoint {bad} in {self.directory} is damaged ({reason}); moved it "
                     f"to {moved} and resumed from step {step} instead."
@@ -190,14 +215,17 @@ class Checkpointer:
             "else move the checkpoints folder away to start afresh."
         )
 
-    def _move_aside(self, step: int) -> str:
+    def move_aside(self, step: int, prefix: str = "") -> str:
+        """Moves checkpoint `step` to `checkpoints_damaged/<prefix><step>` beside this folder (never
+        deletes it); returns where it went."""
         aside = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
         os.makedirs(aside, exist_ok=True)
-        target, k = os.path.join(aside, str(step)), 1
+        target, k = os.path.join(aside, f"{prefix}{step}"), 1
         while os.path.exists(target):
             k += 1
-            target = os.path.join(aside, f"{step}.{k}")
+            target = os.path.join(aside, f"{prefix}{step}.{k}")
         os.replace(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
         return target
 
     def _restore(self, abstract_state: Any, data_iter, step: int) -> Any:

@@ -27,7 +27,7 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._truncate_after(resume_step or 0)
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter  # Optional at import time: tests may skip it.
 
@@ -40,17 +40,16 @@ class MetricWriter:
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
-        lines = []
-        with open(self.path) as f:
-            for ln in f:
-                try:
-                    row = json.loads(ln)
-                except json.JSONDecodeError:  # A line cut short by a kill: drop it.
-                    continue
-                if row.get("step", 0) <= step:
-                    lines.append(ln if ln.endswith("\n") else ln + "\n")
+        rows, damaged = read_metrics(self.path)
+        if damaged:
+            print(
+                f"warning: {self.path}: dropped {damaged} damaged line(s) (not UTF-8 or not JSON; "
+                "the other lines are kept).",
+                flush=True,
+            )
+        lines = [json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step]
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(lines)
         os.replace(tmp, self.path)
 
@@ -71,6 +70,28 @@ class MetricWriter:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def read_metrics(path: str) -> tuple[list[dict], int]:
+    """(rows of a metrics.jsonl, how many damaged lines were dropped). A line cut short by a kill (the
+    last, without its newline) is dropped silently, as the writer expects; any other line that is not
+    UTF-8 JSON of an object (a flipped byte, an editor's save) is dropped and counted, never raised:
+    a finished run stays resumable and its curves readable."""
+    with open(path, "rb") as f:
+        raw = f.read().split(b"\n")
+    rows, damaged = [], 0
+    for i, line in enumerate(raw):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif i != len(raw) - 1:  # Not the unterminated last line of a kill.
+            damaged += 1
+    return rows, damaged
 
 
 def _jsonable(v):

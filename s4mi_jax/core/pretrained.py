@@ -196,7 +196,11 @@ def read_encoder(
     directory, step = resolve(init_from, flags[0])
     manager = ocp.CheckpointManager(directory)
     try:
-        raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        # No target: plain arrays. A run saved on another device count (8 simulated CPUs, a TPU
+        # slice) has shardings this process cannot build; those arrays come to one local device.
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        restore = ocp.args.StandardRestore(fallback_sharding=one)
+        raw = manager.restore(step, args=ocp.args.Composite(state=restore))
     except (ValueError, OSError, KeyError, FileNotFoundError) as e:
         raise ConfigError(
             f"{flags[0]}={init_from}: cannot read checkpoint {step} in {directory} "

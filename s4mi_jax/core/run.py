@@ -17,6 +17,7 @@ keep, and exact resume needs the latest one kept whatever its score.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -31,13 +32,13 @@ import optax
 from flax import nnx
 
 from s4mi_jax import provenance
-from s4mi_jax.core import optim, pretrained, sharding, train_state
+from s4mi_jax.core import checkpoint, optim, pretrained, sharding, train_state
 from s4mi_jax.core.checkpoint import Checkpointer
 from s4mi_jax.core.loop import log, train_loop
 from s4mi_jax.core.metric_writer import MetricWriter, prepare_workdir, write_json
 from s4mi_jax.core.train_state import TrainState
 from s4mi_jax.data import device_augment
-from s4mi_jax.errors import ConfigError
+from s4mi_jax.errors import ConfigError, S4MIError
 
 Step = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
 LOWER_IS_BETTER = ("hd95", "asd", "assd")  # Selection metrics where smaller wins.
@@ -238,10 +239,24 @@ class BestCheckpoints:
         return self.record[name]["value"]
 
     def restore(self, name: str, state: TrainState) -> TrainState:
-        """The selected weights of `name`, or `state` if validation never saved any."""
-        if self.ckpts[name].latest_step() is None:
+        """The selected weights of `name`, or `state` if validation never saved any. A damaged best
+        checkpoint is handled as the run's own: moved aside (never deleted), named in a warning, and
+        `state` (the final weights) tested instead; `best_step` then reads None in results.json."""
+        ckpt = self.ckpts[name]
+        step = ckpt.latest_step()
+        if step is None:
             return state
-        return self.ckpts[name].restore(self.abstract_state, None)
+        try:
+            return ckpt.restore(self.abstract_state, None, step)
+        except Exception as e:  # Orbax/TensorStore raise many types for a damaged checkpoint.
+            moved = ckpt.move_aside(step, prefix=os.path.basename(ckpt.directory) + "_")
+            log(
+                f"WARNING: the best checkpoint {step} in {ckpt.directory} is damaged "
+                f"({checkpoint.short_error(e)}); moved it to {moved} and tested the final weights "
+                f"(step {int(state.step)}) instead."
+            )
+            self.record[name] = {"value": None, "step": None, "damaged": moved}
+            return state
 
     def wait(self) -> None:
         for c in self.ckpts.values():
@@ -358,10 +373,34 @@ def run(config: ml_collections.ConfigDict, workdir: str, trainer: Trainer) -> di
             config, workdir, task, data, mesh, built, step_fn, data_iter, checkpointer, state,
             resume_step, t_start, progress,
         )  # fmt: skip
-    except BaseException:
+    except BaseException as e:
         if fresh and not progress["first_step"]:
             _remove_what_a_failed_start_wrote(workdir, before)
+        if isinstance(e, OSError) and e.errno in _CANNOT_WRITE:
+            raise S4MIError(
+                _cannot_write(workdir, e, progress["first_step"] or not fresh)
+            ) from None
         raise
+
+
+_CANNOT_WRITE = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+)  # A full disk, a quota, a read-only mount.
+
+
+def _cannot_write(workdir: str, error: OSError, started: bool) -> str:
+    """One line for a full disk (quota, read-only mount) under the workdir: what is left to resume."""
+    steps = checkpoint.Checkpointer.saved_steps(workdir) if started else []
+    if steps:
+        then = f"the latest checkpoint (step {steps[-1]}) is intact; free space and rerun to resume"
+    elif started:
+        then = "no checkpoint was saved yet; free space and rerun (it starts again)"
+    else:
+        then = "nothing of this start was kept; free space and rerun"
+    where = f" ({error.filename})" if error.filename else ""
+    return f"cannot write to workdir {workdir}: {error.strerror}{where}; {then}."
 
 
 def _train_and_test(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from s4mi_jax import provenance
+from s4mi_jax.core.metric_writer import read_metrics
 from s4mi_jax.errors import DataError, S4MIError
 
 DEFAULT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -459,16 +460,11 @@ def collect_curves(sweep_dir: str, metric: str) -> dict[str, tuple[np.ndarray, n
     pattern = os.path.join(glob.escape(sweep_dir), "**", "metrics.jsonl")
     for path in sorted(glob.glob(pattern, recursive=True)):
         steps, values = [], []
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                value = _to_float(row.get(metric))
-                if value is not None and math.isfinite(value) and "step" in row:
-                    steps.append(int(row["step"]))
-                    values.append(value)
+        for row in read_metrics(path)[0]:
+            value = _to_float(row.get(metric))
+            if value is not None and math.isfinite(value) and "step" in row:
+                steps.append(int(row["step"]))
+                values.append(value)
         if steps:
             run = os.path.relpath(os.path.dirname(path), sweep_dir)
             curves[run] = (np.asarray(steps), np.asarray(values))

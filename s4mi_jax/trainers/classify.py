@@ -91,6 +91,38 @@ def _check_method(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def check_select_metric(config: ml_collections.ConfigDict, num_classes: int, multilabel: bool):
+    """`config.select_metric` is one of the metrics validation computes (else a KeyError at the first
+    validation, after the compile): the names come from the metrics function itself."""
+    labels = np.eye(num_classes, dtype=np.int32) if multilabel else np.arange(num_classes)
+    known = metrics.classification_metrics(
+        labels, np.full((num_classes, num_classes), 1 / num_classes), multilabel=multilabel
+    )
+    if config.select_metric not in known:
+        names = [k for k in known if "/" not in k]
+        raise ConfigError(
+            f"config.select_metric={config.select_metric!r} is not a classification metric; choose "
+            f"one of {names} (or a per-class one, e.g. 'f1/1')."
+        )
+
+
+def check_splits(config: ml_collections.ConfigDict, s: classification.Splits) -> None:
+    """Validation selects the model and the test scores it: neither may be empty (an empty one would
+    fail only after training)."""
+    if len(s.val) == 0:
+        raise ConfigError(
+            f"config.data.val_fraction={config.data.val_fraction} leaves no validation images in "
+            f"{s.source.root}; the model is selected on validation (config.select_metric): set "
+            "data.val_fraction > 0 (e.g. 0.1)."
+        )
+    if len(s.test) == 0:
+        raise ConfigError(
+            f"config.data.test_fraction={config.data.test_fraction} leaves no test images in "
+            f"{s.source.root} and config.data.eval_root is not set: set data.test_fraction > 0 "
+            "(e.g. 0.2) or give data.eval_root."
+        )
+
+
 def load_data(config: ml_collections.ConfigDict) -> run.RunData:
     _check_method(config)
     s = classification.load_splits(config)
@@ -100,6 +132,8 @@ def load_data(config: ml_collections.ConfigDict) -> run.RunData:
             log(note)
     multilabel = s.source.labels.ndim == 2
     classification.check_expected(config, s.source, len(s.source.class_names), multilabel)
+    check_select_metric(config, len(s.source.class_names), multilabel)
+    check_splits(config, s)
     return run.RunData(
         channels=s.source.channels,
         num_examples=len(s.train),
