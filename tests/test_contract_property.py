@@ -16,7 +16,12 @@ import pytest
 
 from tests import contract_cases
 
-N = 24  # Seeds 0..N-1: about 3 minutes on an idle 2-core CPU (see BENCHMARKS.md).
+# The small budget: seeds of every family, most refused before anything compiles (seconds each),
+# one full tiny training run with its counts checked (26), and three cases on a copy of one finished
+# run (64 predict on a damaged config.json, 66 a rerun with batch_size=0, 74 a rerun on a damaged
+# config.json; the run is built once). About 3 minutes on an idle 2-core CPU.
+SEEDS = [3, 6, 9, 14, 15, 18, 20, 21, 24, 26, 27, 35, 49, 52, 63, 64, 66, 74]
+N = len(SEEDS)
 
 # Known open bugs (reported, being fixed in s4mi_jax/): seed -> reason. Not strict: a fix passes.
 KNOWN: dict[int, str] = {}
@@ -28,7 +33,7 @@ def base_runs(tmp_path_factory):
 
 
 def _params():
-    for seed in range(N):
+    for seed in SEEDS:
         marks = [pytest.mark.xfail(reason=KNOWN[seed], strict=False)] if seed in KNOWN else []
         yield pytest.param(seed, marks=marks, id=f"seed{seed}")
 
@@ -54,12 +59,10 @@ def test_generator_is_deterministic(tmp_path):
         a = contract_cases.make_case(seed, tmp_path / f"a{seed}")
         b = contract_cases.make_case(seed, tmp_path / f"b{seed}")
         assert a.family == b.family and a.description == b.description
-        strip = lambda d, r: {k.replace(r, ""): v for k, v in d.items()}  # noqa: E731
         for da, db in zip(a.data_dirs, b.data_dirs, strict=True):
             assert contract_cases.tree_digest(da) == contract_cases.tree_digest(db)
-        assert [strip({0: s.short()}, a.root) for s in a.steps] == [
-            strip({0: s.short()}, b.root) for s in b.steps
-        ]
+        commands = [[s.short().replace(c.root, "ROOT") for s in c.steps] for c in (a, b)]
+        assert commands[0] == commands[1]
 
 
 def test_generator_covers_every_family(tmp_path):
