@@ -550,7 +550,7 @@ PREDICT_CASES = [
      r"--checkpoint='newest': expected best, latest or a step number"),
     ("checkpoint step missing", ["--checkpoint=7"], b"{}", r"--checkpoint=7: no such step in"),
     ("no checkpoint", [], None, r"--workdir=.*run: no checkpoint in .*checkpoints"),
-    ("damaged checkpoint meta", [], b'{"class_na', r"cannot read checkpoint metadata .*checkpoints/2/meta/metadata"),
+    ("damaged checkpoint meta", [], b'{"class_na', r"no checkpoint restores: .*checkpoints/2 \(cannot read its metadata .*checkpoints/2/meta/metadata"),
     ("checkpoint without meta", [], b"{}", r"checkpoints/2: the checkpoint does not record its classes"),
     ("network on a classifier", ["--network=cnn"], None, r"--network=cnn: a classifier has one network"),
 ]  # fmt: skip

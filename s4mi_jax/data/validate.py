@@ -471,7 +471,7 @@ def open_image_checked(path: str | Path):
 _POSITIVE_INT = (
     "batch_size", "unlabeled_batch_size", "eval.batch_size", "keep_ckpts", "aug.image_size",
     "aug.source_size", "model.image_size", "model.width", "model.patch_size", "model.depth",
-    "model.num_heads", "model.embed_dim", "data.num_classes",
+    "model.num_heads", "model.embed_dim", "data.num_classes", "eval.bootstrap",
 )  # fmt: skip
 _POSITIVE = ("total_steps", "total_epochs", "halt_at_step", "optim.base_lr")
 _NON_NEGATIVE = (

@@ -20,7 +20,7 @@ from s4mi_jax.core import run
 from s4mi_jax.core.loop import log
 from s4mi_jax.core.metric_writer import write_json
 from s4mi_jax.data import device_augment, manifests, pipeline
-from s4mi_jax.data.sources import SubsetSource
+from s4mi_jax.data.sources import SubsetSource, eval_overlap_warning
 from s4mi_jax.errors import ConfigError, DataError
 from s4mi_jax.evaluators import features
 from s4mi_jax.evaluators.linear_probe import evaluate_linear_probe
@@ -66,6 +66,10 @@ def load_data(config: ml_collections.ConfigDict) -> run.RunData:
             "> 0 (e.g. 0.2), give data.eval_root, or pass --config.eval.linear_probe=False."
         )
     eval_source = s.probe_test if config.data.eval_root else None
+    if eval_source is not None:  # A probe tested on pretraining images measures memorisation.
+        note = eval_overlap_warning(eval_source, s.pretrain, config.data.eval_root)
+        if note:
+            log(note)
     return run.RunData(
         channels=s.pretrain.channels,
         num_examples=len(s.pretrain),
