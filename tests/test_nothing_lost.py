@@ -512,3 +512,10 @@ def test_a_unet_run_as_an_encoder_source_is_named_with_each_commands_flags(seg, 
     line = one_line_error(proc, "export_weights: error: --init_from=", "holds no encoder")
     assert "config.init_encoder" not in line
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_the_data_cache_is_never_written_into_its_data_folder(chest):
+    before = digest(chest)
+    proc = command("s4mi_jax.data.cache", f"--root={chest}", f"--out={chest / 'cache.npz'}")
+    one_line_error(proc, "s4mi_jax.data.cache: error: --out=", "inside the data folder")
+    assert digest(chest) == before

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from absl import app, flags
 
+from s4mi_jax import outputs
 from s4mi_jax.data import augment
 from s4mi_jax.data.sources import open_source, source_keys
 from s4mi_jax.errors import DataError, S4MIError
@@ -34,6 +35,7 @@ def write_cache(
     if not out.endswith(".npz"):
         raise DataError(f"--out={out}: the cache is a .npz file.")
     source = open_source(root, channels=channels, verify=False)
+    outputs.check_output(out, "--out", {"--root": str(source.root)})  # Next to the data, not in it.
     if source.labels.ndim != 1:
         raise DataError(f"{source.root}: multi-label data is not cached; train from the folder.")
     with ThreadPoolExecutor(threads) as pool:  # PIL decodes without the GIL.
@@ -50,8 +52,15 @@ def write_cache(
         arrays["groups"] = np.asarray(source.groups, str)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out[: -len(".npz")] + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)  # Atomic: a half-written cache is never read.
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)  # Atomic: a half-written cache is never read.
+    except BaseException as e:  # A full disk or a Ctrl-C leaves no half-written file.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise DataError(f"--out={out}: cannot write: {e.strerror or e}.") from None
+        raise
     return len(images)
 
 
@@ -74,6 +83,11 @@ def main(argv: list[str]) -> None:
     except S4MIError as e:
         print(f"s4mi_jax.data.cache: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            f"s4mi_jax.data.cache: interrupted; {F['out'].value} was not written.", file=sys.stderr
+        )
+        sys.exit(130)
     print(f"wrote {n} images at {F['size'].value}x{F['size'].value} to {F['out'].value}")
 
 
