@@ -754,7 +754,7 @@ CONFIG_VALUES: dict[str, tuple[list, list, list]] = {
         ["balanced_accuracy", "f1/1", "loss"],
     ),
     "eval.batch_size": ([8, 3], [0, -1], []),
-    "eval.bootstrap": ([0, 5], [-1], []),
+    "eval.bootstrap": ([5, 10], [0, -1], []),  # 0 crashed after training (found here; now refused).
     "aug.image_size": ([16, 32], [0, -8], [17, 1]),
     "keep_ckpts": ([1, 3], [0, -1], []),
     "log_every": ([1, 0, -1], [], []),
