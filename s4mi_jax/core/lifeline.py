@@ -9,7 +9,8 @@ OOM killer) cannot, and its child would go on training as an orphan. Two ways th
   parent PID and sends itself SIGTERM once that parent is gone (re-parented to init or a subreaper).
 
 Either way the run gets SIGTERM, which it handles as a preemption: it saves a checkpoint and exits, so
-the next launch resumes it.
+the next launch resumes it. Until its training loop handles SIGTERM, the child has it at the default
+action, whatever the launcher inherited: a stop that comes while it starts ends it there.
 """
 
 from __future__ import annotations
@@ -39,13 +40,20 @@ def _prctl() -> Callable | None:
 
 def preexec_fn(sig: int = signal.SIGTERM) -> Callable[[], None]:
     """For `subprocess.Popen(preexec_fn=...)`: the child gets its own process group (a Ctrl-C at the
-    terminal reaches the launcher, which stops the child itself) and, on Linux, `sig` when the launcher
-    dies. A launcher that died before this ran is caught by comparing the parent PID."""
+    terminal reaches the launcher, which stops the child itself), `sig` at its default action and, on
+    Linux, `sig` when the launcher dies. A launcher that died before this ran is caught by comparing
+    the parent PID.
+
+    The default action: an ignored signal stays ignored across exec, so a launcher started with SIGTERM
+    ignored would start children deaf to its own stop (and to the kernel's) until their training loop
+    handles SIGTERM; a stop that came earlier would be lost and the child would train on. At its
+    default, SIGTERM ends a child that is still starting at once (nothing to save yet)."""
     prctl = _prctl()
     launcher = os.getpid()
 
     def setup() -> None:
         os.setpgid(0, 0)
+        signal.signal(sig, signal.SIG_DFL)
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != launcher:  # Died between fork and prctl: nobody would signal us.
