@@ -51,6 +51,19 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _sigint_at_default() -> None:
+    """For `preexec_fn`: the sweep gets SIGINT as a terminal's foreground job does. A test run started
+    in the background by a shell without job control (`pytest ... &` in a script or a tool's shell)
+    ignores SIGINT, every process it starts inherits that, and the sweep keeps ignoring an ignored
+    signal (as `nohup` and `&` ask): the SIGINT test would then wait for a cell that trains 100000 steps."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """`pid` has a handler for `sig` (its SigCgt mask in /proc)."""
+    return bool(int(_proc_field(pid, "SigCgt"), 16) >> (sig - 1) & 1)
+
+
 def _start_training_sweep(tmp_path: Path) -> tuple[subprocess.Popen, int, list[str]]:
     """A one-cell sweep whose cell trains "forever"; returns it once the cell logged a step, with the
     cell's PID and the output so far."""
@@ -59,6 +72,7 @@ def _start_training_sweep(tmp_path: Path) -> tuple[subprocess.Popen, int, list[s
          "--cell_override=total_steps=100000", "--cell_override=log_every=1",
          "--cell_override=ckpt_every=100000", "--cell_override=data.verify=False"],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_sigint_at_default,
     )  # fmt: skip
     lines, child = [], None
     for line in sweep.stdout:
@@ -92,6 +106,8 @@ def test_stopping_the_sweep_stops_its_cell(tmp_path, sig):
         assert environ["S4MI_COMPILE_CACHE"] == os.path.abspath(_CACHE)
         assert f"compile cache shared by every cell: {os.path.abspath(_CACHE)}\n" in lines
         assert workdir_lock.holder(str(cell)).startswith(f"{child} on ")
+        # A sweep that ignored `sig` would never stop: fail now, not at the hang guard.
+        assert catches(sweep.pid, sig), f"the sweep does not catch {signal.Signals(sig).name}"
         sweep.send_signal(sig)
         out, _ = sweep.communicate(timeout=HANG_GUARD_S)
     finally:
@@ -160,6 +176,55 @@ def test_parent_watch_fallback_stops_an_orphan(tmp_path):
         if alive(child):
             os.kill(child, signal.SIGKILL)
     assert marker.exists()
+
+
+def _done_sweep(tmp_path: Path) -> list[str]:
+    """A one-cell sweep whose cell is finished: it starts nothing and exits 0."""
+    cell = tmp_path / "sweep" / "supervised" / "frac_1.0" / "seed_0"
+    cell.mkdir(parents=True)
+    (cell / "results.json").write_text("{}")
+    return [*SWEEP, f"--sweep_dir={tmp_path / 'sweep'}", *CELL, f"--compile_cache={_CACHE}"]
+
+
+def test_a_sweep_started_with_sigint_ignored_says_so(tmp_path):
+    """Started with SIGINT ignored (a script's `&`, a tool's background shell), the sweep keeps ignoring
+    it, as asked, but says so at once and how to stop it instead: a SIGINT that does nothing must not
+    be silent (the SIGINT stop test waited an hour for such a sweep)."""
+    command = _done_sweep(tmp_path)
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    for preexec, says in ((ignore_sigint, True), (_sigint_at_default, False)):
+        proc = subprocess.run(
+            command, cwd=ROOT, env=_env(), capture_output=True, text=True,
+            preexec_fn=preexec, timeout=HANG_GUARD_S,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        told = [line for line in proc.stderr.splitlines() if "SIGINT" in line]
+        if says:
+            assert len(told) == 1 and "ignored" in told[0], proc.stderr[-3000:]
+            assert "will not stop" in told[0] and "SIGTERM" in told[0], told
+        else:
+            assert told == [], proc.stderr[-3000:]
+
+
+def test_the_cell_gets_sigterm_at_its_default_even_if_the_launcher_ignores_it():
+    """An ignored SIGTERM survives exec: a cell started by a sweep that was started with SIGTERM
+    ignored would ignore the sweep's stop (and PR_SET_PDEATHSIG) until its training loop installs a
+    handler, then train on. `preexec_fn` gives the cell SIGTERM at its default: it stops at once."""
+    parent = textwrap.dedent("""
+        import signal, subprocess, sys
+        from s4mi_jax.core import lifeline
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        code = "import signal; print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
+        subprocess.run([sys.executable, "-c", code], preexec_fn=lifeline.preexec_fn(), check=True)
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", parent], cwd=ROOT, capture_output=True, text=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "True\n", (proc.stdout, proc.stderr[-3000:])
 
 
 def test_locked_cells_are_skipped_and_reported(tmp_path):
