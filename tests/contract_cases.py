@@ -1488,6 +1488,15 @@ def check_step(step: Step, code: int | None, out: str, err: str) -> list[str]:
     return problems
 
 
+def _workdir_arg(step: Step) -> str | None:
+    if step.module != "s4mi_jax.main":
+        return None
+    for a in step.args:
+        if a.startswith("--workdir="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def run_case(case: Case, base: BaseRuns | None = None, timeout: float = HANG_GUARD_S) -> CaseResult:
     """Runs `case`'s commands in order and checks the contract after each."""
     root = Path(case.root)
@@ -1507,6 +1516,8 @@ def run_case(case: Case, base: BaseRuns | None = None, timeout: float = HANG_GUA
     results = []
     for step in case.steps:
         before = {d: tree_digest(d) for d in data_dirs}
+        fresh = _workdir_arg(step)
+        fresh = fresh if fresh is not None and not os.path.lexists(fresh) else None
         ckpt = None
         if step.workdir and (latest := latest_checkpoint(Path(step.workdir))) is not None:
             ckpt = {p: tree_digest(p) for p in (latest, Path(step.workdir) / "best")}
@@ -1535,6 +1546,12 @@ def run_case(case: Case, base: BaseRuns | None = None, timeout: float = HANG_GUA
             for p, digest in ckpt.items():
                 if (after := tree_digest(p)) != digest:
                     found.append(f"checkpoint_changed: {p}: {digest_diff(digest, after) or 'gone'}")
+        if fresh is not None and code == 2 and "first step" not in out and os.path.lexists(fresh):
+            # docs/data.md: no workdir is written for data and config errors (a start that fails
+            # before its first step removes what it wrote).
+            found.append(
+                f"workdir_left: main refused before its first step but left {fresh}: {sorted(os.listdir(fresh))[:6] if os.path.isdir(fresh) else 'a file'}"
+            )
         results.append(StepResult(step.short(), code, seconds, out, err, found))
         problems += found
     if case.agree is not None and len(results) > max(case.agree):
@@ -1561,4 +1578,5 @@ CONTRACT_KINDS = {
     "hang",
     "misread",
     "base_run",
+    "workdir_left",
 }
