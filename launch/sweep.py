@@ -134,6 +134,12 @@ def config_file(method: str, cell_config: str = DEFAULT_CELL_CONFIG) -> str:
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Output folder of the sweep (required).")
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset folder (None: embedded sample).")
 _VARIANT = flags.DEFINE_string("variant", "local", "Config variant for every run ('' for default).")
+_PRETRAIN_VARIANT = flags.DEFINE_string(
+    "pretrain_variant",
+    None,
+    "Config variant of the pretraining alone (e.g. local,sgd for DINO's SGD recipe), when the cells' "
+    "configs do not have it; default: --variant.",
+)
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.01", "0.1", "1.0"], "Label fractions.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (labeled subset, init, data order).")
 _METHODS = flags.DEFINE_list(
@@ -198,8 +204,11 @@ def plan(
     pretrain_overrides: list[str],
     cell_overrides: list[str],
     cell_config: str = DEFAULT_CELL_CONFIG,
+    pretrain_variant: str | None = None,
 ) -> list[tuple[str, list[str]]]:
-    """(workdir, command) for every run, pretraining first, in the order they run."""
+    """(workdir, command) for every run, pretraining first, in the order they run.
+    `pretrain_variant` (default `variant`) is the pretraining's own."""
+    pretrain_variant = variant if pretrain_variant is None else pretrain_variant
     data = [f"--config.data.root={data_root}"] if data_root else []
     runs = []
     random_init = pretrain_config == RANDOM_INIT
@@ -209,7 +218,7 @@ def plan(
         )
         wants_pretraining = any(m in NEEDS_PRETRAINING or m == PRETRAIN_ONLY for m in methods)
         if wants_pretraining and not random_init:
-            cmd = [_config_arg(pretrain_config, variant), f"--config.seed={seed}", *data]
+            cmd = [_config_arg(pretrain_config, pretrain_variant), f"--config.seed={seed}", *data]
             cmd += [f"--config.{o}".replace("{seed}", seed) for o in pretrain_overrides]
             runs.append((pre_dir, cmd + [f"--workdir={pre_dir}"]))
         for method in methods:
@@ -469,6 +478,7 @@ def _main(argv: list[str]) -> None:
             pretrain_overrides=_PRETRAIN_OVERRIDES.value,
             cell_overrides=_CELL_OVERRIDES.value,
             cell_config=_CELL_CONFIG.value,
+            pretrain_variant=_PRETRAIN_VARIANT.value,
         )
         outputs.check_output(_SWEEP_DIR.value, "--sweep_dir", data_roots(runs, _DATA_ROOT.value))
     except ConfigError as e:
