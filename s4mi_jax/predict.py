@@ -651,15 +651,14 @@ def run(
     if batch_size is not None and batch_size <= 0:
         raise ConfigError(f"--batch_size={batch_size} must be > 0 (or left out: the run's).")
     files, skipped = list_inputs(inputs)
-    # Never into the inputs (a segmentation folder's hand-drawn masks/), the run's data or the run.
+    # Never into the inputs (a segmentation folder's hand-drawn masks/) or the run's data.
     roots = {}
     for item in inputs:
         folder = os.path.abspath(item if os.path.isdir(item) else os.path.dirname(item) or ".")
         if os.path.basename(folder) == "images":  # The training layout: D/images beside D/masks.
             folder = os.path.dirname(folder)
         roots[f"--input={item}"] = folder
-    roots.update(outputs.config_data_roots(config))
-    roots["--workdir"] = workdir
+    roots.update(outputs.config_data_roots(config))  # (Inside the run's workdir is fine.)
     outputs.check_output(output_dir, "--output", roots, input_files=files)
     _check_not_over_foreign_masks(output_dir)
     if not files:
