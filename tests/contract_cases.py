@@ -241,6 +241,70 @@ DEFECTS = [
 ]
 
 
+CSV_QUIRKS = [
+    "short_row",  # A row with the file name only.
+    "extra_column",  # A row with a third cell.
+    "trailing_delimiters",  # Every row ends with a delimiter.
+    "unbalanced_quote",
+    "nul_byte",
+    "cr_only",  # Old Mac line ends.
+    "header_case",  # Filename,LABEL
+    "header_spaces",  # " filename , label ": stripped (docs/data.md).
+    "quoted",  # Every cell in double quotes.
+    "path_prefix",  # images/im00.png instead of im00.png.
+    "comment_line",
+    "bom_twice",
+    "very_long_line",
+]
+
+
+def csv_quirk(text: str, quirk: str, delimiter: str, rng) -> tuple[str, str]:
+    """`text` (a labels.csv) with one quirk; and its fate: "ok", "bad" (refused) or "either"."""
+    lines = text.splitlines(keepends=True)
+    end = "\r\n" if text.endswith("\r\n") else "\n"
+    i = int(rng.integers(1, len(lines))) if len(lines) > 1 else 1
+    if quirk == "short_row":
+        lines.insert(i, "im00.png" + end)
+        return "".join(lines), "either"
+    if quirk == "extra_column":
+        lines[i] = lines[i].rstrip("\r\n") + delimiter + "extra" + end
+        return "".join(lines), "either"
+    if quirk == "trailing_delimiters":
+        return "".join(line.rstrip("\r\n") + delimiter + end for line in lines), "either"
+    if quirk == "unbalanced_quote":
+        lines[i] = '"' + lines[i]
+        return "".join(lines), "either"
+    if quirk == "nul_byte":
+        lines[i] = lines[i][:3] + "\0" + lines[i][3:]
+        return "".join(lines), "bad"
+    if quirk == "cr_only":
+        return text.replace("\r\n", "\n").replace("\n", "\r"), "either"
+    if quirk == "header_case":
+        lines[0] = lines[0].replace("filename", "Filename").replace("label", "LABEL")
+        return "".join(lines), "either"
+    if quirk == "header_spaces":
+        cells = lines[0].rstrip("\r\n").split(delimiter)
+        lines[0] = delimiter.join(f" {c} " for c in cells) + end
+        return "".join(lines), "ok" if delimiter != "\t" else "either"
+    if quirk == "quoted":
+        out = []
+        for line in lines:
+            cells = line.rstrip("\r\n").split(delimiter)
+            out.append(delimiter.join(f'"{c}"' for c in cells) + end)
+        return "".join(out), "ok"
+    if quirk == "path_prefix":
+        return "".join(lines[:1] + ["images/" + line for line in lines[1:]]), "either"
+    if quirk == "comment_line":
+        lines.insert(1, "# exported by a spreadsheet" + end)
+        return "".join(lines), "either"
+    if quirk == "bom_twice":
+        return "\ufeff\ufeff" + text, "either"
+    if quirk == "very_long_line":
+        lines.insert(i, "x" * 200_000 + delimiter + "0" + end)
+        return "".join(lines), "bad"
+    raise ValueError(quirk)
+
+
 @dataclasses.dataclass
 class ClsData:
     root: Path
@@ -381,7 +445,17 @@ def make_cls_folder(root: Path, rng, defects: list[str] | None = None) -> ClsDat
     elif "png_as_csv" in defects:
         shutil.copy(images_dir / files[-1], target)
     else:
-        target.write_bytes(encode_csv(text_rows, delimiter, encoding, crlf))
+        text = encode_csv(text_rows, delimiter, "utf-8", crlf).decode("utf-8")
+        if rng.random() < (0.15 if bad else 0.6):  # CSV as people write them: quirks of the text.
+            quirk = str(rng.choice(CSV_QUIRKS))
+            text, fate = csv_quirk(text, quirk, delimiter, rng)
+            defects = [*defects, f"csv:{quirk}"]
+            if fate == "bad":
+                bad.append(f"csv {quirk}")
+                names.append("labels.csv")
+            elif fate == "either":
+                sure = False
+        target.write_bytes(text.encode(encoding))
     # Patients.
     meta = str(rng.choice(["none", "none", "each", "pairs", "blank", "PatientID", "conflict"]))
     if meta != "none":
@@ -625,7 +699,9 @@ def case_segmentation(seed: int, root: Path, rng) -> Case:
             )
         )
     description = f"segmentation: {n} images {size}x{size}x{channels}, masks {scheme} (values {sorted(values)[:6]}), {masked} masks"
-    return Case(seed, "segmentation", description, str(root), [str(data)], steps)
+    # The inspector checks masks as the trainers do at their default num_classes (docs/data.md).
+    agree = (0, 1) if len(steps) == 2 and not extra else None
+    return Case(seed, "segmentation", description, str(root), [str(data)], steps, agree=agree)
 
 
 # ---- .npz datasets ----------------------------------------------------------------------------
