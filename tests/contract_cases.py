@@ -1173,8 +1173,8 @@ def case_run(seed: int, root: Path, rng) -> Case:
             args.append(
                 f"--checkpoint={rng.choice(['best', 'latest', '1', '2', '7', 'newest', '-1'])}"
             )
-        if rng.random() < 0.3:
-            args.append(f"--batch_size={rng.choice([1, 3, 0, -4])}")
+        if rng.random() < 0.2:
+            args.append(f"--batch_size={rng.choice([1, 3, 8, 0, -4])}")
         placement = "out"
         if rng.random() < 0.3:  # Never into an input folder; a file is no folder.
             placement = str(
@@ -1230,7 +1230,10 @@ def case_run(seed: int, root: Path, rng) -> Case:
         if sub == "ext_good" or sub == "ext_bad":
             ext = root / "ext"
             if kind == "classify":
-                make_cls_folder(ext, rng, defects=[] if sub == "ext_good" else None)
+                if sub == "ext_good":
+                    make_clean_cls_folder(ext, rng)
+                else:
+                    make_cls_folder(ext, rng)
             else:
                 make_base_data("segment", ext)
                 if sub == "ext_bad":
