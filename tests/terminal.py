@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ CTRL_C = b"\x03"
 
 
 class Finished(NamedTuple):
-    returncode: int  # The exit status, or -signal if a signal ended it.
+    returncode: int  # The exit status (128 + signal if a signal ended it).
     output: str  # stdout and stderr as the terminal showed them.
 
 
@@ -34,41 +36,54 @@ def run_in_terminal(
     timeout: float = HANG_GUARD_S,
 ) -> Finished:
     """Runs `argv` in a new pseudo-terminal; after each chunk of output, `react(output so far)` may
-    return keys to type (e.g. CTRL_C). Returns once the command has exited."""
-    pid, fd = pty.fork()
-    if pid == 0:  # The child: the terminal's session leader and foreground process group.
-        try:
-            os.chdir(cwd)
-            os.execvpe(argv[0], argv, env)
-        finally:
-            os._exit(127)
+    return keys to type (e.g. CTRL_C). Returns once the command has exited.
+
+    The command is started by util-linux `setsid --wait --ctty` in a new session whose controlling
+    terminal is the pseudo-terminal, so the command is its foreground process group. Started through
+    `subprocess` (fork and exec in C), not `pty.fork()`: forking a multithreaded test process (JAX
+    threads) and running Python in the child can deadlock."""
+    setsid = shutil.which("setsid")
+    if setsid is None:
+        raise RuntimeError("util-linux setsid is needed to run a command in a terminal")
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [setsid, "--wait", "--ctty", *argv],
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            close_fds=True,
+        )
+    finally:
+        os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1.0)
+            ready, _, _ = select.select([master], [], [], 1.0)
             if not ready:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-                if done:
+                if proc.poll() is not None:
                     break
                 continue
             try:
-                data = os.read(fd, 65536)
-            except OSError:  # EIO: the child closed the terminal (it exited).
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every holder of the terminal closed it (the command exited).
                 break
             if not data:
                 break
             chunks.append(data)
             keys = react(b"".join(chunks).decode("utf-8", "replace"))
             if keys:
-                os.write(fd, keys)
+                os.write(master, keys)
         else:
-            os.kill(pid, 9)
+            proc.kill()
             raise TimeoutError(f"{argv} did not exit within {timeout} s")
-        _, status = os.waitpid(pid, 0)
+        code = proc.wait(timeout=timeout)
     finally:
-        os.close(fd)
-    code = os.waitstatus_to_exitcode(status)
+        os.close(master)
+    # `setsid --wait` returns the command's status; a signal's death reads as 128 + signal there.
     return Finished(code, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n"))
 
 
