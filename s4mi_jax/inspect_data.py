@@ -209,9 +209,15 @@ def _read_labels(path: Path, names: set[str], column: str, report: Report) -> di
 
 
 def data_config(
-    root: str, *, masks: bool, class_names: str | None = None, accept: bool = False
+    root: str,
+    *,
+    masks: bool,
+    class_names: str | None = None,
+    accept: bool = False,
+    num_classes: int = 2,
 ) -> ml_collections.ConfigDict:
-    """`config.data` with the configs' defaults: what the trainer would be given for `root`."""
+    """`config.data` with the configs' defaults: what the trainer would be given for `root`
+    (`num_classes`: the segmentation configs' `data.num_classes`, 2 unless set)."""
     data = dict(
         root=root,
         tfds_name=None,
@@ -225,7 +231,7 @@ def data_config(
         accept_label_warnings=accept,
     )
     if masks:
-        data.update(num_classes=256, resize="resize", manifest=None)
+        data.update(num_classes=num_classes, resize="resize", manifest=None)
     return ml_collections.ConfigDict(data)
 
 
@@ -249,11 +255,13 @@ def inspect(
     masks: bool = False,
     class_names: str | None = None,
     accept_label_warnings: bool = False,
+    num_classes: int = 2,
 ) -> Report:
     """Reads every file of the dataset at `data_dir`; returns the findings and a summary.
 
     Then runs the trainer's own checks (`training_verdict`): if training would refuse the data for a
-    reason not listed yet, that reason is an error too, so "usable" means the trainer accepts it.
+    reason not listed yet, that reason is an error too, so "usable" means the trainer accepts it
+    (segmentation: with `data.num_classes=num_classes`, the configs' default 2).
     """
     root = Path(data_dir)
     report = Report(str(root))
@@ -339,7 +347,11 @@ def inspect(
         try:
             training_verdict(
                 data_config(
-                    data_dir, masks=masks, class_names=class_names, accept=accept_label_warnings
+                    data_dir,
+                    masks=masks,
+                    class_names=class_names,
+                    accept=accept_label_warnings,
+                    num_classes=num_classes,
                 ),
                 masks,
             )
@@ -432,6 +444,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
             masks=f.masks,
             class_names=f.class_names,
             accept_label_warnings=f.accept_label_warnings,
+            num_classes=f.num_classes,
         )
     except S4MIError as e:
         print(f"inspect_data: error: {e}", file=sys.stderr)
@@ -453,6 +466,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "class_names",
         None,
         "As config.data.class_names: comma-separated class names in id order.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "num_classes",
+        2,
+        "As config.data.num_classes of a segmentation run (2: background + one class): masks "
+        "holding higher class ids are refused, as training refuses them.",
         **fv,
     )
     flags.DEFINE_bool(

@@ -127,3 +127,19 @@ def test_csv_of_paths_and_cli(tmp_path):
     bad = run(f"--data_dir={root}")
     assert bad.returncode == 1 and "[corrupt_image] cannot read image" in bad.stdout
     assert "NOT USABLE" in bad.stdout
+
+
+def test_masks_the_trainer_refuses_are_not_called_usable(tmp_path):
+    """An interpolated mask (values 0..244) or class ids above the configs' data.num_classes=2: the
+    segmentation trainer refuses both, so the inspector must too (and `num_classes` mirrors the key)."""
+    root = make_dataset(tmp_path)
+    ramp = np.linspace(0, 244, 64).astype(np.uint8).reshape(8, 8)
+    _png(root / "masks" / "a.png", ramp)
+    report = inspect(str(root), masks=True)
+    assert not report.ok and "holds class 244" in " ".join(f.message for f in report.findings)
+    ids = np.zeros((8, 8), np.uint8)
+    ids[:2], ids[2:4] = 1, 2
+    _png(root / "masks" / "a.png", ids)
+    refused = inspect(str(root), masks=True)
+    assert not refused.ok and "config.data.num_classes=2" in refused.findings[-1].message
+    assert inspect(str(root), masks=True, num_classes=3).ok

@@ -375,6 +375,7 @@ def test_start_failing_after_writing_removes_what_it_wrote(chest, tmp_path):
     "config, flags, needles",
     [
         ("supervised_chest.py:local", ["--config.seed=-1"], ["config.seed=-1"]),
+        ("supervised_chest.py:local", ["--config.data.channels=-1"], ["config.data.channels=-1"]),
         ("simclr_chest.py:local", ["--config.data.split_seed=-3"], ["config.data.split_seed=-3"]),
         ("supervised_chest.py:local", ["--config.select_metric=dice"], ["config.select_metric='dice'", "auroc"]),
         ("supervised_chest.py:local", ["--config.data.val_fraction=0"], ["config.data.val_fraction=0"]),

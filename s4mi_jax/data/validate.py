@@ -519,6 +519,12 @@ def check_config(config) -> None:
             raise ConfigError(
                 f"config.{key}={value!r} must be an integer in [0, {SEED_MAX}] (e.g. 0, 1, 2)."
             )
+    channels = _get(config, "data.channels")
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise ConfigError(
+            f"config.data.channels={channels!r} must be 1 (grayscale), 3 (RGB) or None (as the "
+            "images are stored)."
+        )
     for key in _POSITIVE_INT + _POSITIVE + _NON_NEGATIVE + _FRACTIONS + _HALF_OPEN:
         value = _get(config, key)
         if value is None or isinstance(value, dict) or hasattr(value, "keys"):
