@@ -24,10 +24,9 @@ SEEDS = [3, 6, 9, 14, 15, 18, 20, 21, 24, 26, 27, 35, 49, 52, 63, 64, 66, 74]
 N = len(SEEDS)
 
 # Known open bugs (reported, being fixed in s4mi_jax/): seed -> reason. Not strict: a fix passes.
-KNOWN: dict[int, str] = {
-    63: "inspect_data --masks accepts class-id masks 0/1/2 (and interpolated masks) that the "
-    "segmentation trainer refuses at its default data.num_classes=2 (reported, issue 25)",
-}
+KNOWN: dict[int, str] = {}
+# Seed 63 (class-id masks 0/1/2 that inspect_data called usable and the trainer refused) was xfail
+# until 6a6a581 gave the inspector --num_classes.
 
 
 @pytest.fixture(scope="module")
