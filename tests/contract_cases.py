@@ -14,8 +14,10 @@ contract of docs/reliability.md:
   counts);
 - in a workdir that held a checkpoint, the latest checkpoint and `best/` unchanged unless the step
   was allowed to train on (and exited 0);
+- a `main` refused before its first step leaves no workdir behind (docs/data.md);
 - where the generator knows the answer: good data accepted, bad data refused, and on exit 0 the
-  data read as intended (`inspect_data`'s counts, the trainer's train + val + test counts).
+  data read as intended (`inspect_data`'s counts, the trainer's train + val + test counts,
+  `predict`'s count of readable images); the inspector and the trainer agree on the same data.
 
 No test functions here: `tests/test_contract_property.py` runs a small budget in the suite,
 `benchmarks/contract_property.py` a large one. Cases that need a finished run (`predict`, `score`,
@@ -433,8 +435,6 @@ def make_cls_folder(root: Path, rng, defects: list[str] | None = None) -> ClsDat
     if delimiter == "|":
         bad.append("delimiter |")
         names.append("labels.csv")
-    if delimiter == "\t" and any(r[1].strip() != r[1] for r in rows):
-        pass  # Stripped as any other cell.
     target = root / "labels.csv"
     if "labels_folder" in defects:
         target.mkdir()
@@ -473,8 +473,6 @@ def make_cls_folder(root: Path, rng, defects: list[str] | None = None) -> ClsDat
         if meta == "conflict":
             mrows.append([files[0], "p99"])
         meta_encoding = encoding if encoding not in ("utf-16-le",) else "utf-8"
-        if meta_encoding in ("latin-1", "cp1252") and not non_ascii:
-            pass
         (root / "metadata.csv").write_bytes(
             encode_csv(
                 [["filename", col], *mrows],
