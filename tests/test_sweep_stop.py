@@ -51,12 +51,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _sigint_at_default() -> None:
-    """For `preexec_fn`: the sweep gets SIGINT as a terminal's foreground job does. A test run started
-    in the background by a shell without job control (`pytest ... &` in a script or a tool's shell)
-    ignores SIGINT, every process it starts inherits that, and the sweep keeps ignoring an ignored
-    signal (as `nohup` and `&` ask): the SIGINT test would then wait for a cell that trains 100000 steps."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+_EXEC_WITH_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def with_sigint(disposition: str, argv: list[str]) -> list[str]:
+    """`argv` started with SIGINT at `disposition` ("SIG_DFL", "SIG_IGN"; both survive exec). With
+    SIG_DFL the sweep gets SIGINT as a terminal's foreground job does: a test run started in the
+    background by a shell without job control (`pytest ... &` in a script or a tool's shell) ignores
+    SIGINT, every process it starts inherits that, and the sweep keeps ignoring an ignored signal (as
+    `nohup` and `&` ask), so the SIGINT test would wait for a cell that trains 100000 steps. A small
+    exec wrapper, not `preexec_fn`: Python code between fork and exec of this multithreaded test
+    process (JAX threads) can deadlock."""
+    return [sys.executable, "-c", _EXEC_WITH_SIGINT, disposition, *argv]
 
 
 def catches(pid: int, sig: int) -> bool:
@@ -68,11 +77,11 @@ def _start_training_sweep(tmp_path: Path) -> tuple[subprocess.Popen, int, list[s
     """A one-cell sweep whose cell trains "forever"; returns it once the cell logged a step, with the
     cell's PID and the output so far."""
     sweep = subprocess.Popen(
-        [*SWEEP, f"--sweep_dir={tmp_path / 'sweep'}", *CELL, f"--compile_cache={_CACHE}",
-         "--cell_override=total_steps=100000", "--cell_override=log_every=1",
-         "--cell_override=ckpt_every=100000", "--cell_override=data.verify=False"],
+        with_sigint("SIG_DFL", [
+            *SWEEP, f"--sweep_dir={tmp_path / 'sweep'}", *CELL, f"--compile_cache={_CACHE}",
+            "--cell_override=total_steps=100000", "--cell_override=log_every=1",
+            "--cell_override=ckpt_every=100000", "--cell_override=data.verify=False"]),
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_sigint_at_default,
     )  # fmt: skip
     lines, child = [], None
     for line in sweep.stdout:
@@ -191,14 +200,10 @@ def test_a_sweep_started_with_sigint_ignored_says_so(tmp_path):
     it, as asked, but says so at once and how to stop it instead: a SIGINT that does nothing must not
     be silent (the SIGINT stop test waited an hour for such a sweep)."""
     command = _done_sweep(tmp_path)
-
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    for preexec, says in ((ignore_sigint, True), (_sigint_at_default, False)):
+    for disposition, says in (("SIG_IGN", True), ("SIG_DFL", False)):
         proc = subprocess.run(
-            command, cwd=ROOT, env=_env(), capture_output=True, text=True,
-            preexec_fn=preexec, timeout=HANG_GUARD_S,
+            with_sigint(disposition, command), cwd=ROOT, env=_env(), capture_output=True,
+            text=True, timeout=HANG_GUARD_S,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         told = [line for line in proc.stderr.splitlines() if "SIGINT" in line]
